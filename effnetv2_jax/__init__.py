@@ -1,0 +1,13 @@
+"""effnetv2_jax: EfficientNetV2 (and V1, Lite) in JAX / Flax NNX.
+
+    >>> import effnetv2_jax
+    >>> model = effnetv2_jax.create_model("efficientnetv2-s", num_classes=1000)
+    >>> effnetv2_jax.count_params("efficientnetv2-s")["trainable"]
+    21458488
+"""
+
+from effnetv2_jax.models import (ArchConfig, BlockSpec, ConvType, EfficientNet, Preprocessing,
+                                 Variant, abstract_model, count_flops, count_params, create_model,
+                                 decode, encode, get_variant, list_models, register)
+
+__version__ = "0.1.0"

@@ -1,0 +1,126 @@
+"""MBConv and Fused-MBConv blocks (reference section 2), built from a `ResolvedBlock`.
+
+Both take [batch, height, width, in_channels] and return
+[batch, ceil(height/stride), ceil(width/stride), out_channels]. The projection has BN and no
+activation; a residual block applies stochastic depth to its branch before the add.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from effnetv2_jax.models.arch import ResolvedBlock
+from effnetv2_jax.models.block_spec import ConvType
+from effnetv2_jax.models.layers import (BatchNorm, Conv2D, DepthwiseConv2D, SqueezeExcite,
+                                        drop_path, get_activation)
+
+
+class _Block(nnx.Module):
+    """What both block types share: activation, residual with stochastic depth."""
+
+    def _init_common(self, block: ResolvedBlock, activation: str):
+        self.activation = activation
+        self.residual = block.residual
+        self.survival_prob = block.survival_prob
+        self.index = block.index
+
+    def _finish(self, inputs, branch, train: bool, key: jax.Array | None):
+        if not self.residual:
+            return branch
+        if train and self.survival_prob < 1.0:
+            if key is None:
+                raise ValueError(f"block {self.index}: stochastic depth in training mode needs "
+                                 f"a PRNG key; call the model with key=...")
+            branch = drop_path(branch, self.survival_prob, jax.random.fold_in(key, self.index))
+        return branch + inputs
+
+
+class MBConv(_Block):
+    """Inverted bottleneck: [1x1 expand, BN, act] -> depthwise kxk, BN, act -> [SE] -> 1x1, BN."""
+
+    def __init__(self, block: ResolvedBlock, *, activation: str, bn_momentum: float,
+                 bn_epsilon: float, conv_impl: str, dtype, key: jax.Array):
+        assert block.conv_type == ConvType.MBCONV
+        self._init_common(block, activation)
+        bn = dict(momentum=bn_momentum, epsilon=bn_epsilon, dtype=dtype)
+        k1, k2, k3, k4 = jax.random.split(key, 4)
+        cin, mid = block.in_channels, block.mid_channels
+        # Creation order matches the official variable names (conv2d, tpu_batch_normalization,
+        # depthwise_conv2d, tpu_batch_normalization_1, se, conv2d_1, tpu_batch_normalization_2).
+        if block.expand_ratio != 1:
+            self.expand_conv = Conv2D(cin, mid, 1, impl=conv_impl, dtype=dtype, key=k1)
+            self.expand_bn = BatchNorm(mid, **bn)
+        else:
+            self.expand_conv = self.expand_bn = None
+        self.depthwise_conv = DepthwiseConv2D(mid, block.kernel_size, stride=block.stride,
+                                              impl=conv_impl, dtype=dtype, key=k2)
+        self.depthwise_bn = BatchNorm(mid, **bn)
+        self.se = (SqueezeExcite(mid, block.se_channels, activation=activation, dtype=dtype,
+                                 key=k3) if block.se_channels else None)
+        self.project_conv = Conv2D(mid, block.out_channels, 1, impl=conv_impl, dtype=dtype,
+                                   key=k4)
+        self.project_bn = BatchNorm(block.out_channels, **bn)
+
+    def __call__(self, x, *, train: bool = False, key: jax.Array | None = None):
+        act = get_activation(self.activation)
+        eval_bn = not train
+        y = x
+        if self.expand_conv is not None:
+            y = act(self.expand_bn(self.expand_conv(y), use_running_average=eval_bn))
+        y = act(self.depthwise_bn(self.depthwise_conv(y), use_running_average=eval_bn))
+        if self.se is not None:
+            y = self.se(y)
+        y = self.project_bn(self.project_conv(y), use_running_average=eval_bn)
+        return self._finish(x, y, train, key)
+
+
+class FusedMBConv(_Block):
+    """Fused-MBConv: kxk conv (stride), BN, act -> [SE] -> 1x1, BN. With expand ratio 1 it is a
+    single kxk conv -> BN -> act (the only case where the last BN is followed by an activation)."""
+
+    def __init__(self, block: ResolvedBlock, *, activation: str, bn_momentum: float,
+                 bn_epsilon: float, conv_impl: str, dtype, key: jax.Array):
+        assert block.conv_type == ConvType.FUSED_MBCONV
+        self._init_common(block, activation)
+        bn = dict(momentum=bn_momentum, epsilon=bn_epsilon, dtype=dtype)
+        k1, k2, k3, k4 = jax.random.split(key, 4)
+        cin, mid, cout = block.in_channels, block.mid_channels, block.out_channels
+        k, s = block.kernel_size, block.stride
+        self.has_expansion = block.expand_ratio != 1
+        if self.has_expansion:
+            self.fused_conv = Conv2D(cin, mid, k, stride=s, impl=conv_impl, dtype=dtype,
+                                     key=k1)
+            self.fused_bn = BatchNorm(mid, **bn)
+            self.se = (SqueezeExcite(mid, block.se_channels, activation=activation, dtype=dtype,
+                                     key=k3) if block.se_channels else None)
+            self.project_conv = Conv2D(mid, cout, 1, impl=conv_impl, dtype=dtype, key=k4)
+            self.project_bn = BatchNorm(cout, **bn)
+        else:
+            # As the official code: with no expansion, SE (never used by a released model) gates
+            # the block input, before the single kxk conv.
+            self.se = (SqueezeExcite(cin, block.se_channels, activation=activation, dtype=dtype,
+                                     key=k3) if block.se_channels else None)
+            self.fused_conv = Conv2D(cin, cout, k, stride=s, impl=conv_impl, dtype=dtype,
+                                     key=k1)
+            self.fused_bn = BatchNorm(cout, **bn)
+            self.project_conv = self.project_bn = None
+
+    def __call__(self, x, *, train: bool = False, key: jax.Array | None = None):
+        act = get_activation(self.activation)
+        eval_bn = not train
+        if not self.has_expansion:
+            y = self.se(x) if self.se is not None else x
+            y = act(self.fused_bn(self.fused_conv(y), use_running_average=eval_bn))
+            return self._finish(x, y, train, key)
+        y = act(self.fused_bn(self.fused_conv(x), use_running_average=eval_bn))
+        if self.se is not None:
+            y = self.se(y)
+        y = self.project_bn(self.project_conv(y), use_running_average=eval_bn)
+        return self._finish(x, y, train, key)
+
+
+def make_block(block: ResolvedBlock, **kwargs) -> MBConv | FusedMBConv:
+    cls = FusedMBConv if block.conv_type == ConvType.FUSED_MBCONV else MBConv
+    return cls(block, **kwargs)
