@@ -72,6 +72,20 @@ class EfficientNet(nnx.Module):
         """Channels of the pooled features that feed the classifier."""
         return self.resolved.head_channels
 
+    def set_bn_groups(self, groups: int) -> None:
+        """Computes BatchNorm batch statistics over `groups` contiguous slices of the batch.
+
+        1 (the default) normalises over the whole (global) batch. With the batch sharded over
+        devices, `groups = num_devices` gives per-device statistics and `num_devices // 8`
+        the official TPU code's groups of 8 replicas. A static setting: re-split the model
+        after changing it.
+        """
+        if not isinstance(groups, int) or groups < 1:
+            raise ValueError(f"BN groups must be a positive int, got {groups!r}")
+        for _, node in nnx.iter_graph(self):
+            if isinstance(node, BatchNorm):
+                node.groups = groups
+
     def _check_input(self, images):
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"expected images [batch, height, width, 3], got shape "
@@ -103,19 +117,27 @@ class EfficientNet(nnx.Module):
         endpoints["pooled"] = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         return endpoints
 
-    def __call__(self, images, *, train: bool = False, key: jax.Array | None = None):
+    def __call__(self, images, *, train: bool = False, key: jax.Array | None = None,
+                 dropout_rate: float | None = None):
         """images [batch, height, width, 3] -> logits [batch, num_classes] float32 (or pooled
-        features [batch, head_channels] when built without the top)."""
-        needs_key = train and (self.dropout_rate > 0 or any(
+        features [batch, head_channels] when built without the top).
+
+        `dropout_rate` overrides the architecture's rate for this call (progressive learning
+        raises it stage by stage); it is a Python float, so each value compiles once.
+        """
+        rate = self.dropout_rate if dropout_rate is None else dropout_rate
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"dropout_rate must be in [0, 1), got {rate!r}")
+        needs_key = train and (rate > 0 or any(
             b.residual and b.survival_prob < 1.0 for b in self.resolved.blocks))
         if needs_key and key is None:
             raise ValueError("training mode (train=True) needs a PRNG key for dropout and "
                              "stochastic depth: call model(images, train=True, key=key)")
         x = self.extract_endpoints(images, train=train, key=key)["pooled"]
-        if train and self.dropout_rate > 0:
+        if train and rate > 0:
             # A key of its own, distinct from every block's fold_in(key, block_index).
             dropout_key = jax.random.fold_in(key, self.resolved.num_blocks)
-            keep = 1.0 - self.dropout_rate
+            keep = 1.0 - rate
             mask = jax.random.bernoulli(dropout_key, keep, x.shape)
             x = jnp.where(mask, x / keep, 0.0)
         if self.classifier is None:

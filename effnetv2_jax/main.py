@@ -1,0 +1,35 @@
+"""Command line: `python -m effnetv2_jax.main --config=configs/s_imagenet.py --workdir=DIR`.
+
+Kept short on purpose: flags in, `train_and_evaluate` / `evaluate` out. Override any config key
+with `--config.key=value` (e.g. `--config.train.global_batch_size=256`); an unknown key or a
+value of the wrong type stops here, before anything is built. Running the same command again in
+the same workdir resumes from its latest checkpoint.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from effnetv2_jax.train.loop import evaluate, train_and_evaluate
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs, compile cache.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    logging.info("config:\n%s", config)
+    if config.mode == "eval":
+        results = evaluate(config, _WORKDIR.value)
+    else:
+        results = train_and_evaluate(config, _WORKDIR.value)
+    if results:
+        logging.info("final evaluation: %s", results)
+        print(" ".join(f"{k}={v:.4f}" for k, v in sorted(results.items())))
+
+
+if __name__ == "__main__":
+    app.run(main)

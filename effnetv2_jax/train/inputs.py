@@ -1,0 +1,38 @@
+"""The bridge from a training config and a model variant to the data pipelines.
+
+Data code never imports the model: the variant's preprocessing metadata is copied here into the
+data package's `Preprocess`, so each variant's weights get the normalisation and crop they were
+trained with, applied once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from effnetv2_jax import data
+from effnetv2_jax.models.variants import Variant
+
+
+_OPTIONAL = ("data_dir", "eval_split", "folder_root", "folder_eval_root")
+
+
+def data_config(config: ml_collections.ConfigDict) -> "data.DataConfig":
+    """`config.data` -> `DataConfig` ("" means None for the optional paths and splits); an
+    unknown field raises naming it and the valid ones."""
+    fields = {f.name for f in dataclasses.fields(data.DataConfig)}
+    values = config.data.to_dict()
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ValueError(f"config.data has keys the data pipeline does not know: {unknown} "
+                         f"(valid: {', '.join(sorted(fields))})")
+    values.update({k: values[k] or None for k in _OPTIONAL if k in values})
+    return data.DataConfig(**values)
+
+
+def preprocess_for(variant: Variant, augment: str) -> "data.Preprocess":
+    """The variant's preprocessing; the fine-tune recipe ("ft") resizes whole images, otherwise
+    the crop follows the interpolation (bilinear V2 S-XL: 5-100% area; bicubic: legacy crop)."""
+    return data.Preprocess.from_metadata(variant.preprocessing,
+                                         train_crop="resize" if augment == "ft" else None)

@@ -1,0 +1,363 @@
+"""`train_and_evaluate(config, workdir)`: the whole training run, importable from a notebook.
+
+Order of events: validate the config -> (multi-host) initialise -> data info -> model, optimizer
+and state on the mesh -> restore the newest intact checkpoint -> compile every progressive stage
+ahead of time -> train, evaluating and checkpointing as configured -> final save and evaluation.
+The stage is a function of the global step, so a restarted run continues in the right stage
+with the right input pipeline and executable, and (data and randomness being functions of the
+step) produces bitwise the parameters an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import logging
+from jax.experimental import multihost_utils
+
+from effnetv2_jax import data
+from effnetv2_jax.models.counting import count_flops
+from effnetv2_jax.models.factory import create_model, resolve_model_args
+from effnetv2_jax.train import inputs, progressive, sharding
+from effnetv2_jax.train.checkpoint import Checkpointer, abstract_like
+from effnetv2_jax.train.config import validate
+from effnetv2_jax.train.optim import learning_rate_schedule, make_optimizer
+from effnetv2_jax.train.reporting import Reporter
+from effnetv2_jax.train.state import TrainState, create_train_state, split_model
+from effnetv2_jax.train.step import make_eval_step, make_train_step
+
+
+@dataclasses.dataclass
+class Run:
+    """What the loop and evaluation share once set up."""
+
+    config: ml_collections.ConfigDict
+    variant: object
+    mesh: jax.sharding.Mesh
+    graphdef: object
+    state: TrainState
+    tx: object
+    learning_rate: object
+    info: object
+    data_config: object
+    preprocess: object
+    stages: list
+    total_steps: int
+    eval_size: int
+    checkpointer: Checkpointer
+    metadata: dict
+
+
+def _model_overrides(config) -> dict:
+    m = config.model
+    overrides = {"block_strings": tuple(m.block_strings) or None, "width": m.width or None,
+                 "depth": m.depth or None, "feature_size": m.feature_size or None,
+                 "survival_prob": None if m.survival_prob < 0 else m.survival_prob,
+                 "bn_momentum": None if m.bn_momentum < 0 else m.bn_momentum}
+    return {k: v for k, v in overrides.items() if v is not None}
+
+
+def _schedule(config, variant) -> progressive.Schedule:
+    p = config.progressive
+    if p.preset == "custom":
+        return progressive.Schedule(*(tuple(p[k]) for k in (
+            "image_size", "randaug_magnitude", "mixup_alpha", "cutmix_alpha", "dropout_rate")))
+    return progressive.preset(variant.name, p.preset, p.num_stages)
+
+
+def _enable_compile_cache(config, workdir: str) -> None:
+    path = config.checkpoint.compile_cache_dir
+    if path == "none":
+        return
+    path = path or os.path.join(workdir, "compile_cache")
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
+    """Everything up to (and including) restoring the latest checkpoint; no compilation."""
+    validate(config)
+    sharding.initialize_distributed(config.distributed.coordinator_address,
+                                    config.distributed.num_processes,
+                                    config.distributed.process_id)
+    _enable_compile_cache(config, workdir)
+    batch = config.train.global_batch_size
+    sharding.check_batch_size(batch)
+    eval_batch = config.eval.global_batch_size or batch
+    sharding.check_batch_size(eval_batch, "eval.global_batch_size")
+    overrides = _model_overrides(config)
+    _, variant = resolve_model_args(config.model.name, overrides)
+
+    data_config = inputs.data_config(config)
+    info = data.dataset_info(data_config)
+    num_classes = config.model.num_classes or info.num_classes
+    steps_per_epoch = info.num_train_examples / batch
+    total_steps = config.train.num_steps or int(config.train.num_epochs * steps_per_epoch)
+    stages = progressive.make_stages(_schedule(config, variant), config.progressive.num_stages,
+                                     total_steps)
+
+    model = create_model(config.model.name, num_classes=num_classes, dtype=config.model.dtype,
+                         conv_impl=None if config.model.conv_impl == "auto"
+                         else config.model.conv_impl, seed=config.seed, **overrides)
+    model.set_bn_groups(sharding.bn_groups(config.train.bn_mode, config.train.bn_group_size))
+    graphdef, params, batch_stats = split_model(model)
+    learning_rate = learning_rate_schedule(
+        base_lr=config.train.base_lr, global_batch_size=batch, steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps, schedule=config.train.lr_schedule,
+        warmup_epochs=config.train.warmup_epochs, decay_epochs=config.train.decay_epochs,
+        decay_factor=config.train.decay_factor, min_lr=config.train.min_lr)
+    tx = make_optimizer(learning_rate=learning_rate, optimizer=config.train.optimizer,
+                        weight_decay=config.train.weight_decay,
+                        grad_clip_norm=config.train.grad_clip_norm)
+
+    mesh = sharding.make_mesh()
+    replicated = sharding.replicated(mesh)
+    state = jax.jit(lambda p, s: create_train_state(p, s, tx), out_shardings=replicated)(
+        params, batch_stats)
+    checkpointer = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                                keep_latest=config.checkpoint.keep_latest,
+                                keep_best=config.checkpoint.keep_best,
+                                async_save=config.checkpoint.async_save)
+    restored = checkpointer.restore(abstract_like(state, replicated))
+    if restored is not None:
+        state, _, step = restored
+        logging.info("resumed from step %d of %s", step, checkpointer.directory)
+    pre = inputs.preprocess_for(variant, config.data.augment)
+    metadata = {"model": config.model.name, "num_classes": num_classes,
+                "model_overrides": {k: list(v) if isinstance(v, tuple) else v
+                                    for k, v in overrides.items()},
+                "train_size": stages[-1].image_size,
+                "eval_size": config.eval.image_size or variant.eval_size,
+                "preprocessing": dataclasses.asdict(pre), "class_names": list(info.class_names),
+                "config": config.to_json()}
+    return Run(config=config, variant=variant, mesh=mesh, graphdef=graphdef, state=state, tx=tx,
+               learning_rate=learning_rate, info=info, data_config=data_config,
+               preprocess=pre, stages=stages, total_steps=total_steps,
+               eval_size=config.eval.image_size or variant.eval_size,
+               checkpointer=checkpointer, metadata=metadata)
+
+
+def _abstract_batch(run: Run, size: int, batch: int, train: bool) -> dict:
+    spec = sharding.batch_sharded(run.mesh)
+    images = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32, sharding=spec)
+    if train:
+        return {"image": images, "label": jax.ShapeDtypeStruct(
+            (batch, run.metadata["num_classes"]), jnp.float32, sharding=spec)}
+    return {"image": images, "label": jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=spec),
+            "mask": jax.ShapeDtypeStruct((batch,), jnp.bool_, sharding=spec)}
+
+
+def _check_fits(name: str, compiled) -> None:
+    """Logs the executable's memory and fails now if it exceeds a device's memory."""
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return
+    needed = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+              + analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
+    logging.info("%s: %.1f MiB per device (temp %.1f MiB)", name, needed / 2**20,
+                 analysis.temp_size_in_bytes / 2**20)
+    stats = jax.local_devices()[0].memory_stats() or {}
+    limit = stats.get("bytes_limit")
+    if limit and needed > limit:
+        raise MemoryError(f"{name} needs {needed / 2**30:.2f} GiB per device but the device has "
+                          f"{limit / 2**30:.2f} GiB: lower train.global_batch_size or the "
+                          f"stage's image size, or use model.dtype=bfloat16")
+
+
+def compile_train_steps(run: Run) -> dict:
+    """Compiles one train step per distinct (image size, dropout) of the stages, ahead of time,
+    so a stage that cannot fit fails at start-up rather than hours later."""
+    config, replicated = run.config, sharding.replicated(run.mesh)
+    abstract_state = abstract_like(run.state, replicated)
+    compiled = {}
+    for stage in run.stages:
+        key = (stage.image_size, stage.dropout_rate)
+        if key in compiled:
+            continue
+        step_fn = make_train_step(
+            run.graphdef, run.tx, learning_rate=run.learning_rate, seed=config.seed,
+            dropout_rate=stage.dropout_rate, label_smoothing=config.train.label_smoothing,
+            ema_max_decay=config.train.ema_decay)
+        start = time.perf_counter()
+        compiled[key] = jax.jit(
+            step_fn, in_shardings=(replicated, sharding.batch_sharded(run.mesh)),
+            out_shardings=(replicated, replicated), donate_argnums=0).lower(
+            abstract_state, _abstract_batch(run, stage.image_size,
+                                            config.train.global_batch_size, True)).compile()
+        logging.info("stage %d (%d px, dropout %.3f): train step compiled in %.1f s",
+                     stage.index, stage.image_size, stage.dropout_rate,
+                     time.perf_counter() - start)
+        _check_fits(f"train step {stage.image_size} px", compiled[key])
+    return compiled
+
+
+def compile_eval_step(run: Run):
+    replicated = sharding.replicated(run.mesh)
+    eval_batch = run.config.eval.global_batch_size or run.config.train.global_batch_size
+    start = time.perf_counter()
+    eval_step = jax.jit(make_eval_step(run.graphdef),
+                        in_shardings=(replicated, sharding.batch_sharded(run.mesh)),
+                        out_shardings=replicated).lower(
+        abstract_like(run.state, replicated),
+        _abstract_batch(run, run.eval_size, eval_batch, False)).compile()
+    logging.info("eval step (%d px) compiled in %.1f s", run.eval_size,
+                 time.perf_counter() - start)
+    _check_fits(f"eval step {run.eval_size} px", eval_step)
+    return eval_step
+
+
+def run_evaluation(run: Run, eval_step, state: TrainState) -> dict[str, float]:
+    """Evaluates every example once (padded batches are masked) with raw and EMA weights."""
+    batch = run.config.eval.global_batch_size or run.config.train.global_batch_size
+    totals: dict[str, float] = {}
+    iterator = data.make_eval_iterator(
+        run.data_config, run.preprocess, image_size=run.eval_size, global_batch_size=batch,
+        process_index=jax.process_index(), process_count=jax.process_count())
+    try:
+        for local in iterator:
+            sums = jax.device_get(eval_step(state, sharding.global_batch(local, run.mesh)))
+            for k, v in sums.items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+    finally:
+        getattr(iterator, "close", lambda: None)()
+    count = max(totals.pop("count", 0.0), 1.0)
+    results = {f"eval/{k}": v / count for k, v in totals.items()}
+    results["eval/examples"] = count
+    return results
+
+
+class _Preemption:
+    """SIGTERM -> save at a step all processes agree on, then exit cleanly."""
+
+    def __init__(self):
+        self.requested = False
+        self.distributed = jax.process_count() > 1
+        if not self.distributed:  # multi-host: JAX's preemption sync service watches SIGTERM
+            self.previous = signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, signum, frame):
+        logging.warning("SIGTERM received: saving a checkpoint and stopping")
+        self.requested = True
+
+    def reached(self, step: int) -> bool:
+        if self.distributed:
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.requested
+
+    def restore(self) -> None:
+        if not self.distributed:
+            signal.signal(signal.SIGTERM, self.previous)
+
+
+def _check_finite(state: TrainState, checkpointer: Checkpointer) -> None:
+    bad = int(jax.device_get(state.nonfinite_step))
+    if bad >= 0:
+        raise FloatingPointError(
+            f"the loss or gradient became non-finite at step {bad}; its update and all later "
+            f"ones were skipped and nothing after it was saved. The last good checkpoint is "
+            f"step {checkpointer.latest_step()} in {checkpointer.directory}. Lower "
+            f"train.base_lr, set train.grad_clip_norm, or check the data.")
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Trains (resuming from `workdir` if it holds checkpoints) and evaluates.
+
+    Returns the last evaluation's metrics (empty if mode is "train").
+    """
+    run = setup(config, workdir)
+    if config.mode == "eval":
+        return evaluate_run(run)
+    compiled = compile_train_steps(run)
+    eval_step = compile_eval_step(run) if config.mode == "train_and_eval" else None
+    state, checkpointer = run.state, run.checkpointer
+    start_step = int(jax.device_get(state.step))
+    reporter = Reporter(workdir, total_steps=run.total_steps,
+                        log_every_steps=config.train.log_every_steps,
+                        global_batch_size=config.train.global_batch_size,
+                        macs_per_image={s.image_size: count_flops(
+                            run.variant.name, s.image_size, **_model_overrides(config),
+                            num_classes=run.metadata["num_classes"]) for s in run.stages},
+                        profile_steps=config.train.profile_steps)
+    reporter.parameter_overview(state.params)
+    preemption, iterator, stage, results = _Preemption(), None, None, {}
+    evaluate_now = lambda step: config.mode == "train_and_eval" and (  # noqa: E731
+        step == run.total_steps or step == progressive.stage_at(run.stages, step - 1).end_step
+        or (config.eval.every_steps and step % config.eval.every_steps == 0))
+
+    def save(step, metrics=None):
+        _check_finite(state, checkpointer)
+        checkpointer.save(step, state, {**run.metadata, "step": step,
+                                        "stage": progressive.stage_at(run.stages, step - 1).index},
+                          metrics)
+
+    try:
+        for step in range(start_step, run.total_steps):
+            if stage is None or step >= stage.end_step:
+                paused = time.perf_counter()
+                if iterator is not None:
+                    iterator.close()
+                stage = progressive.stage_at(run.stages, step)
+                iterator = data.make_train_iterator(
+                    run.data_config, run.preprocess, image_size=stage.image_size,
+                    randaug_magnitude=stage.randaug_magnitude, mixup_alpha=stage.mixup_alpha,
+                    cutmix_alpha=stage.cutmix_alpha,
+                    global_batch_size=config.train.global_batch_size, start_step=step,
+                    seed=config.seed, process_index=jax.process_index(),
+                    process_count=jax.process_count())
+                local = next(iterator)
+                reporter.stage_started(step, stage, local["image"])
+                logging.info("stage %d from step %d: %s", stage.index, step, stage)
+                reporter.pause(time.perf_counter() - paused)
+            else:
+                local = next(iterator)
+            state, metrics = compiled[(stage.image_size, stage.dropout_rate)](
+                state, sharding.global_batch(local, run.mesh))
+            done = step + 1
+            reporter.step_done(done, metrics, stage.image_size)
+            if done % config.train.log_every_steps == 0:
+                _check_finite(state, checkpointer)
+            if evaluate_now(done):
+                paused = time.perf_counter()
+                _check_finite(state, checkpointer)
+                results = run_evaluation(run, eval_step, state)
+                reporter.write(done, results)
+                save(done, {"ema_top1": results["eval/ema_top1"]})
+                reporter.pause(time.perf_counter() - paused)
+            elif done % config.checkpoint.every_steps == 0 or done == run.total_steps:
+                save(done)
+            if preemption.reached(done):
+                save(done)
+                logging.warning("preempted: saved step %d, exiting", done)
+                break
+        reporter.flush(run.total_steps, stage.image_size if stage else 0)
+    finally:
+        if iterator is not None:
+            iterator.close()
+        preemption.restore()
+        checkpointer.close()
+        reporter.close()
+    run.state = state
+    return results
+
+
+def evaluate_run(run: Run) -> dict[str, float]:
+    """Evaluates the restored (or freshly initialised) state and writes the metrics."""
+    if run.checkpointer.latest_step() is None:
+        raise FileNotFoundError(f"mode=eval needs a checkpoint, and {run.checkpointer.directory} "
+                                f"has none; train first or point --workdir at a trained run")
+    results = run_evaluation(run, compile_eval_step(run), run.state)
+    logging.info("evaluation at step %d: %s", int(run.state.step), results)
+    run.checkpointer.close()
+    return results
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Evaluates the latest checkpoint in `workdir`."""
+    return evaluate_run(setup(config, workdir))

@@ -1,0 +1,89 @@
+"""Devices and processes: the mesh, shardings, global batches and BN statistic groups.
+
+Pure data parallelism over one mesh axis, "data": the state is replicated, each batch is split
+over the devices. Each process feeds only its own slice; `global_batch` assembles the global
+array from the process-local numpy batch.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from absl import logging
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+BN_MODES = ("global", "per_device", "groups")
+
+
+def initialize_distributed(coordinator_address: str = "", num_processes: int = 0,
+                           process_id: int = -1) -> None:
+    """Starts `jax.distributed` when there is more than one process (or on Cloud TPU).
+
+    Explicit arguments win (GPU clusters, tests on localhost); on Cloud TPU an argument-free
+    `initialize()` discovers the slice, and also gives single-host TPU runs the preemption sync
+    point that checkpointing relies on.
+    """
+    if jax.distributed.is_initialized():
+        return
+    if coordinator_address:
+        if num_processes < 1 or process_id < 0:
+            raise ValueError("distributed.num_processes and distributed.process_id must be set "
+                             "with distributed.coordinator_address")
+        jax.distributed.initialize(coordinator_address=coordinator_address,
+                                   num_processes=num_processes, process_id=process_id)
+    elif _on_cloud_tpu():
+        jax.distributed.initialize()
+    logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
+                 jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def _on_cloud_tpu() -> bool:
+    import os
+    return bool(os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("TPU_ACCELERATOR_TYPE"))
+
+
+def make_mesh() -> Mesh:
+    """All devices on one "data" axis (Auto axis type: jit propagates shardings itself)."""
+    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P("data"))
+
+
+def check_batch_size(global_batch_size: int, name: str = "train.global_batch_size") -> int:
+    """The per-process batch; the global batch must divide over devices and processes."""
+    devices, processes = jax.device_count(), jax.process_count()
+    if global_batch_size < 1 or global_batch_size % devices:
+        raise ValueError(f"{name}={global_batch_size} does not divide over {devices} devices "
+                         f"({processes} processes); use a multiple of {devices}")
+    return global_batch_size // processes
+
+
+def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """This process's slice [global / processes, ...] -> global arrays sharded on "data"."""
+    sharding = batch_sharded(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+
+def bn_groups(mode: str, group_size: int = 8) -> int:
+    """Number of BN statistic groups of the global batch for a `train.bn_mode`.
+
+    global: 1 (statistics over the whole batch); per_device: one group per device; groups: one
+    group per `group_size` devices (the official TPU code's groups of 8).
+    """
+    devices = jax.device_count()
+    if mode == "global":
+        return 1
+    if mode == "per_device":
+        return devices
+    if mode == "groups":
+        if group_size < 1 or devices % group_size:
+            raise ValueError(f"train.bn_group_size={group_size} must divide the {devices} devices")
+        return devices // group_size
+    raise ValueError(f"unknown train.bn_mode {mode!r} (valid: {', '.join(BN_MODES)})")
