@@ -105,3 +105,15 @@ class Checkpointer:
 def abstract_like(tree, sharding) -> Any:
     """ShapeDtypeStructs of `tree`, placed with `sharding`: an Orbax restore target."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def read_state(step_dir: str, device: jax.Device | None = None) -> Any:
+    """Reads the `state` item of one checkpoint step onto one device, whatever mesh or process
+    count wrote it (the saved topology is replaced by a single-device target)."""
+    path = f"{step_dir}/state"
+    checkpointer = ocp.StandardCheckpointer()
+    tree = checkpointer.metadata(path).item_metadata
+    target_sharding = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
+    return checkpointer.restore(path, jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=target_sharding),
+        tree))

@@ -30,6 +30,8 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 0
         if num_processes < 1 or process_id < 0:
             raise ValueError("distributed.num_processes and distributed.process_id must be set "
                              "with distributed.coordinator_address")
+        # CPU processes need a collectives backend to talk to each other (GPU/TPU ignore it).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(coordinator_address=coordinator_address,
                                    num_processes=num_processes, process_id=process_id)
     elif _on_cloud_tpu():
