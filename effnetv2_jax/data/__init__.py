@@ -1,0 +1,27 @@
+"""Input pipelines (tf.data): sources, official preprocessing and augmentation, resumable streams.
+
+    from effnetv2_jax.data import DataConfig, Preprocess, dataset_info, make_train_iterator
+
+| module                | job                                                             |
+|-----------------------|-----------------------------------------------------------------|
+| `config.py`           | `DataConfig` (what to read), `Preprocess` (a weight's pixels)   |
+| `sources.py`          | `dataset_info`, this process's part of a split, for any source  |
+| `tfds_source.py`, `folder_source.py`, `synthetic_source.py`, `digits_builder.py` | the sources |
+| `shard.py`            | the random-access / streaming interface every source provides   |
+| `preprocess.py`       | crop, resize, flip, normalise (train and eval)                  |
+| `augment_ops.py`      | the 16 image ops; `randaugment.py`: RandAugment, AutoAugment v0 |
+| `mixing.py`           | mixup and CutMix                                                |
+| `seeds.py`            | where every random number comes from                            |
+| `pipeline.py`         | `make_train_iterator`, `make_eval_iterator`                     |
+
+This package never imports the model: the training loop copies a variant's preprocessing
+metadata into `Preprocess.from_metadata`.
+"""
+
+from effnetv2_jax.data.config import DataConfig, Preprocess
+from effnetv2_jax.data.pipeline import (Batches, DatasetInfo, dataset_info, make_eval_iterator,
+                                        make_train_iterator)
+from effnetv2_jax.data.sources import clear_caches
+
+__all__ = ["Batches", "DataConfig", "DatasetInfo", "Preprocess", "clear_caches", "dataset_info",
+           "make_eval_iterator", "make_train_iterator"]

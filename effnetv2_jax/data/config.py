@@ -1,0 +1,160 @@
+"""What to read (`DataConfig`) and how a model's weights want their pixels (`Preprocess`).
+
+Both are frozen dataclasses: build one with keywords (or `DataConfig(**config_dict)` from an
+ml_collections config) and change one field with `dataclasses.replace`. Fields are checked when
+the object is built, so a typo fails at start-up with the valid choices in the message.
+
+`Preprocess` mirrors the model registry's per-variant metadata (mean/std/interpolation/
+crop_padding/squash_min_size). The training loop copies those fields over with
+`Preprocess.from_metadata(variant.preprocessing)`; the data package never imports the model, and
+normalisation happens here, once, never inside the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+SOURCES = ("tfds", "folder", "digits", "synthetic")
+AUGMENTS = ("randaug", "autoaug", "ft", "none")
+INTERPOLATIONS = ("bilinear", "bicubic")
+TRAIN_CROPS = ("v2", "legacy", "resize")
+
+
+def _check_choice(field: str, value: object, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise ValueError(f"unknown {field} {value!r} (valid: {', '.join(valid)})")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which images to read and how to augment them for training.
+
+    Attributes:
+      source: "tfds" (a prepared TFDS dataset), "folder" (`root/<class>/<image>`), "digits"
+        (scikit-learn's 1,797 handwritten digits, prepared offline into `data_dir` on first use)
+        or "synthetic" (images generated from their index; no files).
+      name: TFDS dataset name, e.g. "imagenet2012", "cifar10", "oxford_flowers102" (source="tfds").
+      data_dir: TFDS data directory; None = TFDS's default (`$TFDS_DATA_DIR` or
+        `~/tensorflow_datasets`). The digits dataset is prepared here too.
+      train_split, eval_split: TFDS split expressions ("train", "train+validation",
+        "train[:90%]"); eval_split None picks "validation" when the dataset has it, else "test".
+      image_key, label_key: feature names in the TFDS dataset.
+      folder_root: training images, `folder_root/<class name>/<image file>` (source="folder").
+        Class ids are the sorted class-folder names.
+      folder_eval_root: evaluation images in the same layout; its classes must exist in
+        folder_root. None = no evaluation set.
+      download: let TFDS download and prepare a dataset that is not prepared yet (needs network).
+        False (default) fails within seconds instead, naming the data_dir searched.
+      strict: folders only: stop at the first unreadable image file (naming it) instead of
+        skipping it with a warning.
+      synthetic_num_classes, synthetic_num_examples, synthetic_num_eval_examples,
+        synthetic_image_size: shape of the synthetic dataset (image side in pixels).
+      cache: TFDS datasets stored as TFRecord: hold this process's encoded records in host memory
+        (random access: resuming at any step is instant). False streams them from disk instead,
+        with a `shuffle_buffer`-sized shuffle, and resuming re-reads the epoch up to the resume
+        point. Datasets prepared as ArrayRecord are read by index from disk either way.
+      shuffle_buffer: examples per shuffle window when streaming (cache=False); a window's
+        encoded records sit in memory (ImageNet: about 110 KB each). Unused otherwise:
+        random-access sources shuffle the whole epoch.
+      randaug_layers: RandAugment N: ops applied to each training image (official: 2).
+      augment: "randaug" (V2 S-XL), "autoaug" (AutoAugment policy v0, B-series / V1), "ft" (the
+        fine-tune recipe's cutout) or "none" (crop and flip only).
+      num_parallel_calls: parallelism of per-example preprocessing; -1 = tf.data AUTOTUNE.
+      prefetch: batches prepared ahead of the training step.
+    """
+
+    source: str = "tfds"
+    name: str = ""
+    data_dir: str | None = None
+    train_split: str = "train"
+    eval_split: str | None = None
+    image_key: str = "image"
+    label_key: str = "label"
+    folder_root: str | None = None
+    folder_eval_root: str | None = None
+    download: bool = False
+    strict: bool = False
+    synthetic_num_classes: int = 10
+    synthetic_num_examples: int = 1024
+    synthetic_num_eval_examples: int = 256
+    synthetic_image_size: int = 64
+    cache: bool = True
+    shuffle_buffer: int = 16_384
+    randaug_layers: int = 2
+    augment: str = "randaug"
+    num_parallel_calls: int = -1
+    prefetch: int = 2
+
+    def __post_init__(self):
+        _check_choice("source", self.source, SOURCES)
+        _check_choice("augment", self.augment, AUGMENTS)
+        if self.source == "tfds" and not self.name:
+            raise ValueError("source='tfds' needs a dataset name, e.g. DataConfig(name='cifar10')")
+        if self.source == "folder" and not self.folder_root:
+            raise ValueError("source='folder' needs folder_root (images as root/<class>/<image>)")
+        for field in ("synthetic_num_classes", "synthetic_num_examples", "synthetic_image_size",
+                      "shuffle_buffer", "prefetch"):
+            if getattr(self, field) < 1:
+                raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
+        if self.synthetic_num_eval_examples < 0 or self.randaug_layers < 0:
+            raise ValueError("synthetic_num_eval_examples and randaug_layers must be >= 0")
+        if self.num_parallel_calls != -1 and self.num_parallel_calls < 1:
+            raise ValueError(f"num_parallel_calls must be -1 (AUTOTUNE) or >= 1, "
+                             f"got {self.num_parallel_calls}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocess:
+    """How a model's weights expect their images (reference section 4). Defaults: V2 S-XL.
+
+    Attributes:
+      mean, std: per channel, in pixel units (0-255): the model sees `(x - mean) / std`.
+        V2: 128/128; V1 and B-series: ImageNet mean/std; Lite: 127/128.
+      interpolation: "bilinear" (V2: `tf.image.resize`, half-pixel centres, no antialias) or
+        "bicubic" (the legacy V1 pipeline: `resize_bicubic` without half-pixel centres). The
+        legacy choice also brings the legacy eval crop offset `(H - c + 1) // 2` (V2: `//2`).
+      crop_padding: the eval centre crop keeps a square of side
+        `int(size / (size + crop_padding) * min(H, W))` pixels.
+      squash_min_size: eval sizes >= this skip the crop and resize the whole image
+        (V2 S-XL: 320); None = always crop.
+      train_crop: "v2" (random crop of 5-100% of the area), "legacy" (V1's 8-100% crop with a
+        centre-crop fallback) or "resize" (fine-tune recipe: whole image, and whole-image eval).
+        None follows `interpolation`: bilinear -> "v2", bicubic -> "legacy".
+    """
+
+    mean: tuple[float, float, float] = (128.0, 128.0, 128.0)
+    std: tuple[float, float, float] = (128.0, 128.0, 128.0)
+    interpolation: str = "bilinear"
+    crop_padding: int = 32
+    squash_min_size: int | None = 320
+    train_crop: str | None = None
+
+    def __post_init__(self):
+        _check_choice("interpolation", self.interpolation, INTERPOLATIONS)
+        if self.train_crop is not None:
+            _check_choice("train_crop", self.train_crop, TRAIN_CROPS)
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise ValueError(f"mean and std need 3 values (RGB), got {self.mean}, {self.std}")
+        if min(self.std) <= 0:
+            raise ValueError(f"std must be > 0, got {self.std}")
+        # Tuples, so a config loaded from YAML/JSON lists still hashes and compares.
+        object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
+        object.__setattr__(self, "std", tuple(float(s) for s in self.std))
+
+    @property
+    def crop(self) -> str:
+        """The training crop in effect ("v2", "legacy" or "resize")."""
+        if self.train_crop is not None:
+            return self.train_crop
+        return "v2" if self.interpolation == "bilinear" else "legacy"
+
+    @classmethod
+    def from_metadata(cls, metadata: object, train_crop: str | None = None) -> Preprocess:
+        """Copies mean/std/interpolation/crop_padding/squash_min_size from a weight's metadata.
+
+        `metadata` is any object with those attributes, e.g. the model registry's
+        `variant.preprocessing`; `train_crop="resize"` selects the fine-tune recipe.
+        """
+        return cls(mean=tuple(metadata.mean), std=tuple(metadata.std),
+                   interpolation=metadata.interpolation, crop_padding=metadata.crop_padding,
+                   squash_min_size=metadata.squash_min_size, train_crop=train_crop)

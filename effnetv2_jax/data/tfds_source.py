@@ -1,0 +1,258 @@
+"""TFDS datasets: find a prepared dataset without the network, and read this process's part.
+
+`load_builder` never starts a download unless `DataConfig.download` is set: a dataset that is
+not prepared in `data_dir` fails within seconds, naming the directory searched and the command
+that prepares it (TFDS would otherwise retry the network for minutes).
+
+How a part is read depends on how the dataset was prepared and on `DataConfig.cache`:
+
+| prepared as | cache | reading                                   | resume at s  | memory    |
+|-------------|-------|-------------------------------------------|--------------|-----------|
+| ArrayRecord | any   | by index from disk: one Python call per   | instant      | none      |
+|             |       | 64 records (C++ reads), TF decoding       |              |           |
+| TFRecord    | True  | encoded records loaded once, by index     | instant      | encoded / |
+|             |       |                                           |              | processes |
+| TFRecord    | False | streamed: files shuffled per epoch, 16    | re-reads the | one       |
+|             |       | interleaved, shuffled in windows of       | epoch up to  | window    |
+|             |       | `shuffle_buffer` records                  | s, undecoded |           |
+
+TFRecord is TFDS's default; for ImageNet-size data prefer `tfds build NAME
+--file_format=array_record`, which gives full-epoch shuffles and instant resume from disk. The
+ArrayRecord reader crosses into Python once per 64 records, never per example.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+from absl import logging
+
+from effnetv2_jax.data import seeds
+from effnetv2_jax.data.config import DataConfig
+from effnetv2_jax.data.preprocess import decode as decode_image
+from effnetv2_jax.data.shard import MemoryShard, Shard
+
+_MEMORY_CACHE: dict[tuple, MemoryShard] = {}
+_MEMORY_CACHE_SIZE = 4  # train + eval of this stage and the previous one
+
+
+def _default_data_dir() -> str:
+    return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+
+
+def not_prepared_message(builder: tfds.core.DatasetBuilder, name: str) -> str:
+    root = os.fspath(builder.data_dir_root)
+    message = (f"TFDS dataset '{name}' is not prepared in data_dir '{root}' (nothing at "
+               f"{builder.data_dir}). Prepare it once on a machine with network access: "
+               f"`tfds build {name} --data_dir={root}` (add `--file_format=array_record` for "
+               f"large datasets), and copy the directory here; or set DataConfig(download=True) "
+               f"to let TFDS download it now.")
+    if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
+        message += (f" This dataset needs a manual download first, into "
+                    f"{os.path.join(root, 'downloads', 'manual')}: "
+                    f"{' '.join(builder.MANUAL_DOWNLOAD_INSTRUCTIONS.split())}")
+    return message
+
+
+def load_builder(config: DataConfig) -> tfds.core.DatasetBuilder:
+    """The prepared TFDS builder for `config.name` in `config.data_dir` (seconds, no network)."""
+    data_dir = config.data_dir or _default_data_dir()
+    try:
+        builder = tfds.builder(config.name, data_dir=data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise ValueError(f"unknown TFDS dataset '{config.name}': not in the TFDS catalog and not "
+                         f"prepared in data_dir '{data_dir}' (see tfds.list_builders())") from None
+    if not builder.is_prepared():
+        if not config.download:
+            raise FileNotFoundError(not_prepared_message(builder, config.name))
+        logging.info("Downloading and preparing %s into %s", config.name, data_dir)
+        builder.download_and_prepare()
+    return builder
+
+
+def check_features(builder: tfds.core.DatasetBuilder, image_key: str, label_key: str) -> None:
+    """Fails with the feature names if the image or label feature is missing or of a wrong type."""
+    features = builder.info.features
+    names = sorted(features.keys())
+    if image_key not in names or not isinstance(features[image_key], tfds.features.Image):
+        raise ValueError(f"dataset '{builder.name}' has no image feature '{image_key}' "
+                         f"(features: {names}); set DataConfig.image_key")
+    if label_key not in names or not isinstance(features[label_key], tfds.features.ClassLabel):
+        raise ValueError(f"dataset '{builder.name}' has no class-label feature '{label_key}' "
+                         f"(features: {names}); set DataConfig.label_key")
+
+
+def resolve_split(builder: tfds.core.DatasetBuilder, split: str | None) -> str:
+    """`split`, or for None "validation" if present, else "test"; fails naming the splits."""
+    available = list(builder.info.splits.keys())
+    if split is None:
+        for candidate in ("validation", "test"):
+            if candidate in available:
+                return candidate
+        raise ValueError(f"dataset '{builder.name}' has no 'validation' or 'test' split "
+                         f"(splits: {available}); set DataConfig.eval_split")
+    try:
+        builder.info.splits[split]
+    except (KeyError, ValueError) as error:
+        raise ValueError(f"split '{split}' is not valid for dataset '{builder.name}' "
+                         f"(splits: {available}): {error}") from None
+    return split
+
+
+def num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:
+    return builder.info.splits[split].num_examples
+
+
+def open_shard(builder: tfds.core.DatasetBuilder, config: DataConfig, split: str,
+               process_index: int, process_count: int) -> Shard:
+    """This process's contiguous part of `split` (`tfds.even_splits`), read as the table says."""
+    check_features(builder, config.image_key, config.label_key)
+    parts = tfds.even_splits(split, n=process_count)
+    sizes = [num_examples(builder, part) for part in parts]
+    part, offset = parts[process_index], sum(sizes[:process_index])
+    args = (builder, part, config.image_key, config.label_key, offset, max(sizes))
+    if builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD:
+        return ArrayRecordShard(*args)
+    if not config.cache:
+        return StreamShard(*args, window=config.shuffle_buffer)
+    cache_key = (os.fspath(builder.data_dir), str(part), config.image_key, config.label_key)
+    if cache_key not in _MEMORY_CACHE:
+        while len(_MEMORY_CACHE) >= _MEMORY_CACHE_SIZE:
+            _MEMORY_CACHE.pop(next(iter(_MEMORY_CACHE)))
+        _MEMORY_CACHE[cache_key] = _load_into_memory(*args)
+    return _MEMORY_CACHE[cache_key]
+
+
+def clear_cache() -> None:
+    """Frees the encoded records held for TFRecord datasets."""
+    _MEMORY_CACHE.clear()
+
+
+def _load_into_memory(builder, split, image_key, label_key, offset, max_num_examples):
+    start = time.time()
+    dataset = builder.as_dataset(split=split, shuffle_files=False,
+                                 decoders={image_key: tfds.decode.SkipDecoding()})
+    dataset = dataset.map(lambda ex: (ex[image_key], ex[label_key])).batch(1024)
+    encoded, labels = [], []
+    for images, batch_labels in dataset.as_numpy_iterator():
+        encoded.extend(images)
+        labels.append(batch_labels)
+    labels = np.concatenate(labels) if labels else np.zeros([0], np.int32)
+    shard = MemoryShard(np.array(encoded, dtype=object), labels,
+                        np.arange(offset, offset + len(labels)),
+                        builder.info.features[label_key].num_classes, max_num_examples)
+    logging.info("Loaded %d encoded examples of %s[%s] (%.1f MB) into memory in %.1f s",
+                 len(labels), builder.name, split, shard.nbytes / 1e6, time.time() - start)
+    return shard
+
+
+class _RecordShard(Shard):
+    """Shared parsing of serialized TFDS records (ArrayRecord and streamed TFRecord)."""
+
+    def __init__(self, builder, split, image_key, label_key, offset, max_num_examples):
+        self.num_classes = builder.info.features[label_key].num_classes
+        self.num_examples = num_examples(builder, split)
+        self.max_num_examples = max_num_examples
+        self._builder, self._split = builder, split
+        self._image_key, self._label_key, self._offset = image_key, label_key, offset
+
+    def _parse(self, record: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        example = self._builder.info.features.deserialize_example(
+            record, decoders={self._image_key: tfds.decode.SkipDecoding()})
+        return example[self._image_key], tf.cast(example[self._label_key], tf.int32)
+
+    def decode(self, raw):
+        return decode_image(raw)
+
+
+class ArrayRecordShard(_RecordShard):
+    """Random access to a dataset prepared as ArrayRecord."""
+
+    CHUNK = 64  # records per Python call
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self._source = self._builder.as_data_source(
+            self._split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+
+    def _records(self, indices: np.ndarray) -> np.ndarray:
+        return np.array(self._source.__getitems__(indices.tolist()), dtype=object)
+
+    def read(self, elements):
+        def fetch_chunk(chunk):
+            records = tf.numpy_function(self._records, [chunk["index"]], tf.string)
+            records.set_shape(chunk["index"].shape)
+            return {**chunk, "record": records}
+
+        def parse(element):
+            raw, label = self._parse(element.pop("record"))
+            return {**element, "raw": raw, "label": label, "key": self._offset + element["index"]}
+
+        chunks = elements.batch(self.CHUNK).map(fetch_chunk)
+        return chunks.unbatch().map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+class StreamShard(_RecordShard):
+    """A TFRecord dataset read as a stream (DataConfig.cache=False)."""
+
+    random_access = False
+    CYCLE_LENGTH = 16  # files read at once
+
+    def __init__(self, *args, window: int):
+        super().__init__(*args)
+        instructions = self._builder.info.splits[self._split].file_instructions
+        self._files = tf.constant([os.fspath(i.filename) for i in instructions])
+        self._skips = tf.constant([i.skip for i in instructions], tf.int64)
+        self._takes = tf.constant([i.take for i in instructions], tf.int64)
+        self._window = window
+
+    def _file_records(self, order: tf.Tensor, cycle_length: int) -> tf.data.Dataset:
+        files = tf.data.Dataset.from_tensor_slices((tf.gather(self._files, order),
+                                                    tf.gather(self._skips, order),
+                                                    tf.gather(self._takes, order)))
+        return files.interleave(lambda f, skip, take: tf.data.TFRecordDataset(f).skip(skip)
+                                .take(take), cycle_length=cycle_length, block_length=1)
+
+    def stream(self, seed, start):
+        first_epoch, first_offset = divmod(start, self.num_examples)
+        num_files = int(self._files.shape[0])
+
+        def epoch_records(epoch):
+            order = tf.random.experimental.stateless_shuffle(
+                tf.range(num_files, dtype=tf.int64), seeds.key(seed, seeds.FILES, epoch))
+            records = self._file_records(order, min(self.CYCLE_LENGTH, num_files))
+
+            def shuffle_window(window_index, window):
+                permutation = tf.random.experimental.stateless_shuffle(
+                    tf.range(tf.shape(window, out_type=tf.int64)[0]),
+                    seeds.key(seed, seeds.WINDOW, epoch, window_index))
+                return tf.gather(window, permutation)
+
+            shuffled = records.batch(self._window).enumerate().map(shuffle_window).unbatch()
+            skip = tf.where(epoch == first_epoch, tf.constant(first_offset, tf.int64), 0)
+            return shuffled.enumerate().skip(skip).map(
+                lambda position, record: {"record": record, "position": position,
+                                          "epoch": epoch})
+
+        def parse(element):
+            raw, label = self._parse(element["record"])
+            return {"raw": raw, "label": label, "key": self._offset + element["position"],
+                    "epoch": element["epoch"]}
+
+        epochs = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max)
+        return epochs.flat_map(epoch_records).map(parse, num_parallel_calls=tf.data.AUTOTUNE,
+                                                  deterministic=True)
+
+    def in_order(self):
+        records = self._file_records(tf.range(int(self._files.shape[0])), cycle_length=1)
+
+        def parse(position, record):
+            raw, label = self._parse(record)
+            return {"raw": raw, "label": label, "key": self._offset + position}
+
+        return records.enumerate().map(parse, num_parallel_calls=tf.data.AUTOTUNE,
+                                       deterministic=True)
