@@ -36,6 +36,8 @@ setup(
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "hypothesis==6.170.17"],
+        "tpu": ["jax[tpu]==0.10.2"],      # pins the matching libtpu
+        "gpu": ["jax[cuda12]==0.10.2"],
     },
     classifiers=[
         "License :: OSI Approved :: Apache Software License",
