@@ -59,6 +59,10 @@ class DataConfig:
       randaug_layers: RandAugment N: ops applied to each training image (official: 2).
       augment: "randaug" (V2 S-XL), "autoaug" (AutoAugment policy v0, B-series / V1), "ft" (the
         fine-tune recipe's cutout) or "none" (crop and flip only).
+      random_flip: random horizontal flips in training (official: on; turn off for digits,
+        text and other data that a mirror changes).
+      min_crop_area: smallest area fraction of the training crop; 0 = the official value of the
+        crop in use (0.05 for V2, 0.08 for the legacy crop). Small images need a larger one.
       num_parallel_calls: parallelism of per-example preprocessing; -1 = tf.data AUTOTUNE.
       prefetch: batches prepared ahead of the training step.
     """
@@ -82,6 +86,8 @@ class DataConfig:
     shuffle_buffer: int = 16_384
     randaug_layers: int = 2
     augment: str = "randaug"
+    random_flip: bool = True
+    min_crop_area: float = 0.0
     num_parallel_calls: int = -1
     prefetch: int = 2
 
@@ -96,6 +102,8 @@ class DataConfig:
                       "shuffle_buffer", "prefetch"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
+        if not 0.0 <= self.min_crop_area <= 1.0:
+            raise ValueError(f"min_crop_area must be in [0, 1], got {self.min_crop_area}")
         if self.synthetic_num_eval_examples < 0 or self.randaug_layers < 0:
             raise ValueError("synthetic_num_eval_examples and randaug_layers must be >= 0")
         if self.num_parallel_calls != -1 and self.num_parallel_calls < 1:

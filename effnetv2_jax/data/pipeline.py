@@ -168,7 +168,8 @@ def make_train_iterator(config: DataConfig, preprocess: Preprocess, *, image_siz
         return prep.train_image(
             shard.decode(example["raw"]), example_seed, size=image_size, preprocess=preprocess,
             augment=config.augment, randaug_layers=config.randaug_layers,
-            randaug_magnitude=randaug_magnitude)
+            randaug_magnitude=randaug_magnitude, random_flip=config.random_flip,
+            min_crop_area=config.min_crop_area or None)
 
     examples = _example_stream(shard, seed, start_step * local_batch)
     if mixup_alpha > 0 or cutmix_alpha > 0:

@@ -95,20 +95,24 @@ def eval_image(image: tf.Tensor, size: int, preprocess: Preprocess) -> tf.Tensor
 
 
 def random_crop(image: tf.Tensor, size: int, preprocess: Preprocess,
-                 seed: tf.Tensor) -> tf.Tensor:
-    """The training crop (step 1 of the module docstring), before resizing."""
+                 seed: tf.Tensor, min_area: float | None = None) -> tf.Tensor:
+    """The training crop (step 1 of the module docstring), before resizing.
+
+    `min_area` replaces the crop's smallest area fraction (official: 0.05 for "v2", 0.08 for
+    "legacy"); small images such as 8x8 digits need a gentler crop.
+    """
     shape = tf.shape(image)
     if preprocess.crop == "resize":
         return image
     if preprocess.crop == "v2":
         begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
             shape, tf.zeros([0, 0, 4]), seed=seed, min_object_covered=0.0,
-            aspect_ratio_range=(0.75, 1.33), area_range=(0.05, 1.0), max_attempts=100,
+            aspect_ratio_range=(0.75, 1.33), area_range=(min_area or 0.05, 1.0), max_attempts=100,
             use_image_if_no_bounding_boxes=True)
         return tf.slice(image, begin, crop_size)
     begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
         shape, tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed, min_object_covered=0.1,
-        aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0), max_attempts=10,
+        aspect_ratio_range=(3 / 4, 4 / 3), area_range=(min_area or 0.08, 1.0), max_attempts=10,
         use_image_if_no_bounding_boxes=True)
     # The search gave up and returned the whole image (crop_size's channel entry is -1).
     failed = tf.reduce_all(tf.equal(crop_size[:2], shape[:2]))
@@ -135,19 +139,23 @@ def cutout_noise(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 
 def train_image(image: tf.Tensor, seed: tf.Tensor, *, size: int, preprocess: Preprocess,
                 augment: str, randaug_layers: int = 2,
-                randaug_magnitude: float = 0.0) -> tf.Tensor:
+                randaug_magnitude: float = 0.0, random_flip: bool = True,
+                min_crop_area: float | None = None) -> tf.Tensor:
     """uint8 `[H, W, 3]` -> augmented, normalised float32 `[size, size, 3]`.
 
     Args:
       seed: `[2]` int64; the same seed gives the same crop, flip and augmentation.
       augment: "randaug", "autoaug", "ft" (cutout) or "none".
       randaug_magnitude: RandAugment M (float; see `randaugment.py`).
+      random_flip: horizontal flips (official: on; off for digits, text, ...).
+      min_crop_area: smallest crop area fraction; None = the official one (see `random_crop`).
     """
     crop_seed, flip_seed, augment_seed, cutout_seed = tf.unstack(
         tf.random.experimental.stateless_split(seed, 4))
-    image = random_crop(image, size, preprocess, crop_seed)
+    image = random_crop(image, size, preprocess, crop_seed, min_crop_area)
     image = resize(image, size, preprocess.interpolation)
-    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    if random_flip:
+        image = tf.image.stateless_random_flip_left_right(image, flip_seed)
     if augment in ("randaug", "autoaug"):
         pixels = tf.cast(tf.clip_by_value(image, 0.0, 255.0), tf.uint8)
         if augment == "randaug":

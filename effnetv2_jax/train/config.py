@@ -43,6 +43,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.strict = False               # stop at the first unreadable image instead of skipping
     c.data.augment = "randaug"          # randaug | autoaug | ft | none
     c.data.randaug_layers = 2
+    c.data.random_flip = True           # off for digits, text, ...
+    c.data.min_crop_area = 0.0          # 0: official (0.05 V2 crop, 0.08 legacy crop)
     c.data.synthetic_num_classes = 10
     c.data.synthetic_num_examples = 1024
     c.data.synthetic_num_eval_examples = 256
@@ -51,6 +53,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.shuffle_buffer = 16384
     c.data.num_parallel_calls = -1      # -1 = tf.data AUTOTUNE
     c.data.prefetch = 2
+
+    c.preprocess = ml_collections.ConfigDict()  # overrides of the variant's metadata
+    c.preprocess.crop_padding = -1      # eval centre crop keeps size/(size+p); -1: the variant's;
+                                        # 0: the whole image (small images such as digits)
 
     c.train = ml_collections.ConfigDict()
     c.train.global_batch_size = 4096

@@ -31,8 +31,12 @@ def data_config(config: ml_collections.ConfigDict) -> "data.DataConfig":
     return data.DataConfig(**values)
 
 
-def preprocess_for(variant: Variant, augment: str) -> "data.Preprocess":
+def preprocess_for(config: ml_collections.ConfigDict, variant: Variant) -> "data.Preprocess":
     """The variant's preprocessing; the fine-tune recipe ("ft") resizes whole images, otherwise
-    the crop follows the interpolation (bilinear V2 S-XL: 5-100% area; bicubic: legacy crop)."""
-    return data.Preprocess.from_metadata(variant.preprocessing,
-                                         train_crop="resize" if augment == "ft" else None)
+    the crop follows the interpolation (bilinear V2 S-XL: 5-100% area; bicubic: legacy crop).
+    `config.preprocess.crop_padding` >= 0 replaces the eval crop padding."""
+    pre = data.Preprocess.from_metadata(
+        variant.preprocessing, train_crop="resize" if config.data.augment == "ft" else None)
+    if config.preprocess.crop_padding >= 0:
+        pre = dataclasses.replace(pre, crop_padding=config.preprocess.crop_padding)
+    return pre

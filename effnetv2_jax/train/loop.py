@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 from jax.experimental import multihost_utils
+from jax.experimental.compilation_cache import compilation_cache
 
 from effnetv2_jax import data
 from effnetv2_jax.models.counting import count_flops
@@ -72,13 +73,17 @@ def _schedule(config, variant) -> progressive.Schedule:
 
 
 def _enable_compile_cache(config, workdir: str) -> None:
+    """JAX's persistent compilation cache in the workdir (or `checkpoint.compile_cache_dir`,
+    e.g. a bucket shared by a pod), so a restarted run does not compile again."""
     path = config.checkpoint.compile_cache_dir
     if path == "none":
         return
-    path = path or os.path.join(workdir, "compile_cache")
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    path = path or os.path.join(os.path.abspath(workdir), "compile_cache")
+    if jax.config.jax_compilation_cache_dir != path:
+        # reset_cache makes the new directory take effect even after earlier compilations
+        # in this process (a notebook, a test session).
+        compilation_cache.reset_cache()
+        compilation_cache.set_cache_dir(path)
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
@@ -129,7 +134,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     if restored is not None:
         state, _, step = restored
         logging.info("resumed from step %d of %s", step, checkpointer.directory)
-    pre = inputs.preprocess_for(variant, config.data.augment)
+    pre = inputs.preprocess_for(config, variant)
     metadata = {"model": config.model.name, "num_classes": num_classes,
                 "model_overrides": {k: list(v) if isinstance(v, tuple) else v
                                     for k, v in overrides.items()},

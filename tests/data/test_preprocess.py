@@ -157,6 +157,24 @@ def test_flip_is_random_and_only_horizontal():
     assert 0 < sum(flips) < 12
 
 
+def test_flip_can_be_turned_off_and_the_crop_area_raised():
+    image = photo(20, 20, seed=4)
+    preprocess = dataclasses.replace(V2, train_crop="resize")
+    plain = prep.eval_image(tf.constant(image), 16, preprocess).numpy()
+    for i in range(8):
+        out = prep.train_image(tf.constant(image), seed(i), size=16, preprocess=preprocess,
+                               augment="none", random_flip=False).numpy()
+        np.testing.assert_array_equal(out, plain)
+    big = photo(100, 120)
+    dataset = tf.data.Dataset.range(200).map(
+        lambda i: tf.shape(prep.random_crop(tf.constant(big), 64, V2,
+                                            tf.stack([i, tf.constant(5, tf.int64)]), 0.5)))
+    areas = np.array(list(dataset.as_numpy_iterator()))[:, :2].prod(1) / (100 * 120)
+    assert areas.min() >= 0.48 and areas.max() > 0.9
+    with pytest.raises(ValueError, match="min_crop_area must be in"):
+        DataConfig(source="synthetic", min_crop_area=1.5)
+
+
 def test_randaugment_runs_on_uint8_pixels_before_normalising():
     image = photo(40, 50, seed=5)
     out = prep.train_image(tf.constant(image), seed(1), size=32, preprocess=V2,
