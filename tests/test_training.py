@@ -16,7 +16,7 @@ import pytest
 
 from effnetv2_jax import data
 from effnetv2_jax.train import loop
-from effnetv2_jax.train.checkpoint import read_state
+from effnetv2_jax.train.checkpoint import CheckpointError, read_state
 from effnetv2_jax.train.reporting import Reporter
 
 sys.path.insert(0, str(Path(__file__).parent / "configs"))
@@ -165,3 +165,23 @@ def test_two_processes_match_one_process_on_four_devices(tmp_path, monkeypatch, 
     assert float(values["eval/examples"]) == 20
     assert float(values["eval/raw_loss"]) == pytest.approx(single_results["eval/raw_loss"],
                                                            rel=1e-4)
+
+
+def test_fine_tune_warm_starts_from_a_checkpoint_with_a_new_head(uninterrupted, tmp_path,
+                                                                 compile_cache):
+    source = final_params(uninterrupted[0])
+    config = tiny_config(compile_cache)
+    config.data.synthetic_num_classes = 3            # a new class count: a new head
+    config.train.init_checkpoint = str(uninterrupted[0])
+    run = loop.setup(config, str(tmp_path))
+    params = jax.device_get(run.state.params)
+    np.testing.assert_array_equal(params["stem_conv"]["kernel"],
+                                  source["ema_params"]["stem_conv"]["kernel"])
+    np.testing.assert_array_equal(jax.device_get(run.state.batch_stats)["head_bn"]["mean"],
+                                  source["ema_batch_stats"]["head_bn"]["mean"])
+    assert params["classifier"]["kernel"].shape == (32, 3)
+    run.checkpointer.close()
+
+    config.model.block_strings = ("r1_k3_s1_e1_i8_o8_c1", "r1_k3_s2_e4_i8_o24_se0.25")
+    with pytest.raises(CheckpointError, match=r"does not fit this model.*project_conv"):
+        loop.setup(config, str(tmp_path / "other"))

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from orbax.checkpoint.checkpoint_managers import preservation_policy as policies
@@ -117,3 +118,51 @@ def read_state(step_dir: str, device: jax.Device | None = None) -> Any:
     return checkpointer.restore(path, jax.tree.map(
         lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=target_sharding),
         tree))
+
+
+def warm_start(params, batch_stats, path: str, *, use_ema: bool = True,
+               reinit_head: bool = True) -> tuple[Any, Any, list[str]]:
+    """Fine-tuning: copies a trained or converted checkpoint's weights into fresh trees.
+
+    Every array must exist in the checkpoint with the same shape, except the classifier when
+    `reinit_head` (a new class count): it keeps its fresh initialisation. Anything else that
+    differs stops with the names of the arrays.
+
+    Returns:
+      (params, batch_stats, notes): the merged trees, and what was re-initialised.
+    """
+    from effnetv2_jax.inference import load_checkpoint  # noqa: PLC0415 (inference -> models)
+    from flax import nnx  # noqa: PLC0415
+
+    source = load_checkpoint(path, use_ema=use_ema).model
+    notes, problems = [], []
+
+    def merge(fresh, loaded, kind):
+        flat_loaded = {jax.tree_util.keystr(k): v
+                       for k, v in jax.tree_util.tree_leaves_with_path(loaded)}
+
+        def pick(path, value):
+            name = jax.tree_util.keystr(path)
+            found = flat_loaded.get(name)
+            if found is not None and found.shape == value.shape:
+                # Host arrays: the caller places them on its own mesh.
+                return np.asarray(found, value.dtype)
+            if name.startswith("['classifier']") and reinit_head:
+                notes.append(f"{kind}{name}: re-initialised ({value.shape}, checkpoint has "
+                             f"{None if found is None else found.shape})")
+                return value
+            problems.append(f"{kind}{name}: model {value.shape}, checkpoint "
+                            f"{'missing' if found is None else found.shape}")
+            return value
+
+        return jax.tree_util.tree_map_with_path(pick, fresh)
+
+    params = merge(params, nnx.to_pure_dict(nnx.state(source, nnx.Param)), "params")
+    batch_stats = merge(batch_stats, nnx.to_pure_dict(nnx.state(source, nnx.BatchStat)),
+                        "batch_stats")
+    if problems:
+        raise CheckpointError(f"train.init_checkpoint={path} does not fit this model ("
+                              f"{len(problems)} arrays): " + "; ".join(problems[:10]))
+    for note in notes:
+        logging.warning("warm start from %s: %s", path, note)
+    return params, batch_stats, notes

@@ -75,6 +75,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.ema_decay = 0.9999
     c.train.bn_mode = "global"          # global | per_device | groups
     c.train.bn_group_size = 8           # devices per group when bn_mode = groups
+    c.train.init_checkpoint = ""        # fine-tune from a trained or converted checkpoint
+    c.train.init_use_ema = True         # take its EMA weights (as the official fine-tunes)
     c.train.log_every_steps = 100
     c.train.profile_steps = 0           # > 0: profile this many steps after the first log
 

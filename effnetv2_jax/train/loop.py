@@ -26,7 +26,7 @@ from effnetv2_jax import data
 from effnetv2_jax.models.counting import count_flops
 from effnetv2_jax.models.factory import create_model, resolve_model_args
 from effnetv2_jax.train import inputs, progressive, sharding
-from effnetv2_jax.train.checkpoint import Checkpointer, abstract_like
+from effnetv2_jax.train.checkpoint import Checkpointer, abstract_like, warm_start
 from effnetv2_jax.train.config import validate
 from effnetv2_jax.train.optim import learning_rate_schedule, make_optimizer
 from effnetv2_jax.train.reporting import Reporter
@@ -89,6 +89,7 @@ def _enable_compile_cache(config, workdir: str) -> None:
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     """Everything up to (and including) restoring the latest checkpoint; no compilation."""
     validate(config)
+    workdir = workdir if "://" in workdir else os.path.abspath(workdir)  # Orbax wants absolute
     sharding.initialize_distributed(config.distributed.coordinator_address,
                                     config.distributed.num_processes,
                                     config.distributed.process_id)
@@ -113,6 +114,14 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
                          else config.model.conv_impl, seed=config.seed, **overrides)
     model.set_bn_groups(sharding.bn_groups(config.train.bn_mode, config.train.bn_group_size))
     graphdef, params, batch_stats = split_model(model)
+    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
+                                keep_latest=config.checkpoint.keep_latest,
+                                keep_best=config.checkpoint.keep_best,
+                                async_save=config.checkpoint.async_save)
+    if config.train.init_checkpoint and checkpointer.latest_step() is None:
+        # Only a fresh run warm-starts; a restarted one resumes its own checkpoint.
+        params, batch_stats, _ = warm_start(params, batch_stats, config.train.init_checkpoint,
+                                            use_ema=config.train.init_use_ema)
     learning_rate = learning_rate_schedule(
         base_lr=config.train.base_lr, global_batch_size=batch, steps_per_epoch=steps_per_epoch,
         total_steps=total_steps, schedule=config.train.lr_schedule,
@@ -126,10 +135,6 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     replicated = sharding.replicated(mesh)
     state = jax.jit(lambda p, s: create_train_state(p, s, tx), out_shardings=replicated)(
         params, batch_stats)
-    checkpointer = Checkpointer(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                                keep_latest=config.checkpoint.keep_latest,
-                                keep_best=config.checkpoint.keep_best,
-                                async_save=config.checkpoint.async_save)
     restored = checkpointer.restore(abstract_like(state, replicated))
     if restored is not None:
         state, _, step = restored
