@@ -1,0 +1,297 @@
+"""Load a checkpoint, trained or converted, and classify images with its eval preprocessing.
+
+    >>> import effnetv2_jax
+    >>> loaded = effnetv2_jax.load_checkpoint("/tmp/v2s")        # EMA weights, on CPU
+    >>> result = effnetv2_jax.predict(loaded, ["cat.jpg"], top_k=5)
+    >>> result.names[0], result.probabilities[0]
+
+`load_checkpoint` reads only the weights it needs (no optimizer state, no mesh), so checkpoints
+written by a multi-device training run load on one CPU. The preprocessing comes from the
+checkpoint's metadata and is applied once, by `predict`, with the data pipeline's own eval
+function (`effnetv2_jax.data.preprocess.eval_image`): the same centre crop or squash, resize and
+normalisation as evaluation during training (reference section 4.2-4.3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+
+from effnetv2_jax.models.efficientnet import EfficientNet
+from effnetv2_jax.models.factory import abstract_model
+from effnetv2_jax.models.variants import get_variant
+
+CLASS_NAMES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "imagenet_classes.txt")
+_CHECKPOINTS_SUBDIR = "checkpoints"
+
+
+class ImageError(ValueError):
+    """An image path that does not exist or a file that is not a decodable image."""
+
+
+@functools.cache
+def imagenet_class_names() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k class names in class-index order ("tench, Tinca tinca", ...)."""
+    with open(CLASS_NAMES_FILE, encoding="utf-8") as f:
+        names = tuple(line.rstrip("\n").split("\t", 1)[1] for line in f
+                      if line.strip() and not line.startswith("#"))
+    if len(names) != 1000:
+        raise RuntimeError(f"{CLASS_NAMES_FILE} holds {len(names)} class names, not 1000")
+    return names
+
+
+def default_class_names(num_classes: int) -> tuple[str, ...]:
+    """ImageNet-1k names for 1000 classes, else "class_0", "class_1", ..."""
+    if num_classes == 1000:
+        return imagenet_class_names()
+    return tuple(f"class_{i}" for i in range(num_classes))
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A model with everything needed to classify raw images.
+
+    Attributes:
+      model: the EfficientNet, in eval mode when called as `model(images)` on normalised
+        [batch, height, width, 3] images.
+      preprocessing: the metadata's preprocessing (mean, std in pixels, interpolation,
+        crop_padding, squash_min_size, train_crop); `preprocess` is it as a
+        `effnetv2_jax.data.config.Preprocess`.
+      eval_size: the eval image size in pixels.
+      class_names: one name per class.
+      metadata: the checkpoint metadata as written (model, sizes, source, config...).
+      step: the checkpoint step; path: its directory; weights: "ema" or "raw".
+    """
+
+    model: EfficientNet
+    preprocessing: dict
+    eval_size: int
+    class_names: tuple[str, ...]
+    metadata: dict
+    step: int
+    path: str
+    weights: str
+
+    def __call__(self, images):
+        """Normalised images [batch, height, width, 3] -> logits [batch, num_classes]."""
+        return self.model(images)
+
+    @property
+    def preprocess(self):
+        """The eval preprocessing as the data pipeline's `Preprocess` (imported here, not at
+        load time: the data package brings TensorFlow)."""
+        from effnetv2_jax.data.config import Preprocess
+
+        fields = {f.name for f in dataclasses.fields(Preprocess)}
+        return Preprocess(**{k: v for k, v in self.preprocessing.items() if k in fields})
+
+
+def find_checkpoint(path: str, step: int | None = None) -> str:
+    """A step directory (`.../checkpoints/<step>`), a checkpoints directory or a workdir (with
+    `checkpoints/`) -> the step directory: `step`, or the newest."""
+    path = os.path.abspath(os.path.expanduser(path))
+    if os.path.isdir(os.path.join(path, "state")):
+        return path
+    directory = os.path.join(path, _CHECKPOINTS_SUBDIR)
+    if not os.path.isdir(directory):
+        directory = path
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"no checkpoint at {path}: not a directory")
+    # Orbax renames a step's temporary directory to the bare step number once it is complete.
+    steps = sorted(int(d) for d in os.listdir(directory)
+                   if d.isdigit() and os.path.isdir(os.path.join(directory, d, "state")))
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint under {path} (looked for <step>/state in "
+                                f"{directory})")
+    if step is None:
+        return os.path.join(directory, str(steps[-1]))
+    if step not in steps:
+        raise FileNotFoundError(f"no step {step} in {directory} (steps: {steps})")
+    return os.path.join(directory, str(step))
+
+
+def _read_metadata(step_dir: str) -> dict:
+    import orbax.checkpoint as ocp
+
+    with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
+        return dict(checkpointer.restore(os.path.join(step_dir, "metadata")))
+
+
+def load_checkpoint(path: str, *, step: int | None = None, use_ema: bool = True,
+                    dtype: str = "float32", conv_impl: str | None = None) -> LoadedModel:
+    """Loads a trained or converted checkpoint onto the CPU.
+
+    Args:
+      path: a workdir (holding `checkpoints/`), a checkpoints directory or one step directory.
+      step: the step to load (default: the newest).
+      use_ema: load the EMA weights (the default, as the official evaluation); False loads the
+        raw ones.
+      dtype: compute dtype ("float32" or "bfloat16"); parameters stay float32.
+      conv_impl: convolution implementation (None: the backend's default).
+    Returns:
+      A `LoadedModel`: the model plus its preprocessing, eval size and class names.
+    """
+    import orbax.checkpoint as ocp
+
+    step_dir = find_checkpoint(path, step)
+    metadata = _read_metadata(step_dir)
+    overrides = dict(metadata.get("model_overrides") or {})
+    model = abstract_model(metadata["model"], num_classes=metadata["num_classes"], dtype=dtype,
+                           conv_impl=conv_impl, **overrides)
+    graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    keys = ("ema_params", "ema_batch_stats") if use_ema else ("params", "batch_stats")
+    cpu = jax.sharding.SingleDeviceSharding(jax.devices("cpu")[0])
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cpu),
+                          {keys[0]: nnx.to_pure_dict(params),
+                           keys[1]: nnx.to_pure_dict(batch_stats)})
+    # A partial restore: only the weights, whatever else (optimizer state, shardings of a
+    # multi-device run) the checkpoint holds.
+    args = ocp.args.PyTreeRestore(
+        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True)
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        restored = checkpointer.restore(os.path.join(step_dir, "state"), args=args)
+    nnx.replace_by_pure_dict(params, restored[keys[0]])
+    nnx.replace_by_pure_dict(batch_stats, restored[keys[1]])
+    model = nnx.merge(graphdef, params, batch_stats)
+
+    num_classes = metadata["num_classes"]
+    names = metadata.get("class_names") or []
+    class_names = tuple(names) if len(names) == num_classes else default_class_names(num_classes)
+    return LoadedModel(model=model, preprocessing=dict(metadata["preprocessing"]),
+                       eval_size=int(metadata["eval_size"]),
+                       class_names=class_names, metadata=metadata,
+                       step=int(os.path.basename(step_dir)), path=step_dir,
+                       weights="ema" if use_ema else "raw")
+
+
+def read_image(path: str) -> np.ndarray:
+    """An image file (JPEG, PNG, GIF, BMP, WebP) -> uint8 [height, width, 3].
+
+    Raises ImageError with a one-line message when the path is missing or not an image."""
+    import tensorflow as tf
+
+    from effnetv2_jax.data.preprocess import decode
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ImageError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise ImageError(f"{path}: is a directory, not an image")
+    try:
+        return decode(tf.io.read_file(path)).numpy()
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else "decode failed"
+        raise ImageError(f"{path}: not a readable image (JPEG, PNG, GIF, BMP or WebP): "
+                         f"{reason[:120]}") from None
+    except (PermissionError, tf.errors.PermissionDeniedError):
+        raise ImageError(f"{path}: permission denied") from None
+
+
+def as_rgb(image) -> np.ndarray:
+    """[H, W], [H, W, 1], [H, W, 3] or [H, W, 4] pixels (uint8, or float in 0-255) ->
+    [H, W, 3]; grey is repeated, alpha dropped."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
+        raise ImageError(f"expected an image [height, width, 1|3|4], got shape {image.shape}")
+    if image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
+        raise ImageError(f"expected uint8 or float pixels, got dtype {image.dtype}")
+    return image[:, :, :3]
+
+
+def preprocess_images(images: Sequence, preprocess, size: int) -> np.ndarray:
+    """Decoded images of any sizes -> normalised float32 [batch, size, size, 3], with the data
+    pipeline's eval function (centre crop or squash, resize, normalise)."""
+    import tensorflow as tf
+
+    from effnetv2_jax.data.preprocess import eval_image
+
+    return np.stack([eval_image(tf.convert_to_tensor(as_rgb(image)), size, preprocess).numpy()
+                     for image in images])
+
+
+@dataclasses.dataclass(frozen=True)
+class Predictions:
+    """Top-k classes per image, best first.
+
+    Attributes:
+      indices: int [batch, k] class indices.
+      names: [batch][k] class names.
+      probabilities: float32 [batch, k] softmax probabilities.
+    """
+
+    indices: np.ndarray
+    names: list[list[str]]
+    probabilities: np.ndarray
+
+
+@nnx.jit
+def _probabilities(model: EfficientNet, images):
+    return jax.nn.softmax(model(images), axis=-1)
+
+
+def _as_image_list(images) -> list:
+    if isinstance(images, (str, os.PathLike)):
+        return [images]
+    if hasattr(images, "__array__"):  # numpy or jax: one image, or a batch [B, H, W, C]
+        array = np.asarray(images)
+        return list(array) if array.ndim == 4 else [array]
+    return list(images)
+
+
+def predict(model, images, top_k: int = 5, *, image_size: int | None = None,
+            variant: str | None = None, batch_size: int = 32) -> Predictions:
+    """Classifies raw images with the model's eval preprocessing.
+
+    Args:
+      model: a `LoadedModel` (from `load_checkpoint`), or an `EfficientNet` together with
+        `variant` (a registered name whose preprocessing, eval size and class names apply).
+      images: image paths, decoded images ([H, W, 3] uint8, or float pixels in 0-255; any sizes),
+        a batch [B, H, W, 3], or a single image or path.
+      top_k: classes returned per image.
+      image_size: eval size in pixels (default: the checkpoint's / variant's).
+      batch_size: images per forward pass.
+    Returns:
+      `Predictions` (indices, names, probabilities), one row per image, best class first.
+    """
+    from effnetv2_jax.data.config import Preprocess
+
+    if isinstance(model, LoadedModel):
+        net, preprocess = model.model, model.preprocess
+        size, class_names = image_size or model.eval_size, model.class_names
+    elif isinstance(model, EfficientNet):
+        if variant is None:
+            raise ValueError("predict needs the preprocessing: pass a model from "
+                             "load_checkpoint, or variant='<registered name>' with an "
+                             "EfficientNet")
+        spec = get_variant(variant)
+        net, preprocess = model, Preprocess.from_metadata(spec.preprocessing)
+        size, class_names = image_size or spec.eval_size, default_class_names(model.num_classes)
+    else:
+        raise TypeError(f"expected a LoadedModel or an EfficientNet, got {type(model).__name__}")
+    if net.num_classes is None:
+        raise ValueError("the model has no classifier (include_top=False)")
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    top_k = min(top_k, net.num_classes)
+    images = [read_image(x) if isinstance(x, (str, os.PathLike)) else x
+              for x in _as_image_list(images)]
+    if not images:
+        raise ValueError("no images given")
+    batch = preprocess_images(images, preprocess, size)
+    probs = np.concatenate([np.asarray(_probabilities(net, batch[i:i + batch_size]))
+                            for i in range(0, len(batch), batch_size)])
+    indices = np.argsort(-probs, axis=-1, kind="stable")[:, :top_k]
+    return Predictions(indices=indices,
+                       names=[[class_names[i] for i in row] for row in indices],
+                       probabilities=np.take_along_axis(probs, indices, axis=-1))
