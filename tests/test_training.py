@@ -185,3 +185,28 @@ def test_fine_tune_warm_starts_from_a_checkpoint_with_a_new_head(uninterrupted, 
     config.model.block_strings = ("r1_k3_s1_e1_i8_o8_c1", "r1_k3_s2_e4_i8_o24_se0.25")
     with pytest.raises(CheckpointError, match=r"does not fit this model.*project_conv"):
         loop.setup(config, str(tmp_path / "other"))
+
+
+def test_sigterm_to_one_of_two_processes_saves_both_at_the_same_step(tmp_path, compile_cache):
+    port = 20000 + (os.getpid() + 7) % 20000
+    processes = [_main(tmp_path, compile_cache,
+                       f"--config.distributed.coordinator_address=localhost:{port}",
+                       "--config.distributed.num_processes=2",
+                       f"--config.distributed.process_id={i}", "--config.train.num_steps=400",
+                       "--config.checkpoint.every_steps=2", env={"JAX_NUM_CPU_DEVICES": "2"})
+                 for i in range(2)]
+    deadline = time.time() + 300
+    while not (tmp_path / "checkpoints" / "4").exists():
+        assert all(p.poll() is None for p in processes), processes[0].stdout.read()
+        assert time.time() < deadline
+        time.sleep(0.05)
+    processes[1].send_signal(signal.SIGTERM)           # only one host is preempted
+    outputs = [p.communicate(timeout=300)[0] for p in processes]
+    saved = []
+    for p, out in zip(processes, outputs):
+        assert p.returncode == 0, out
+        lines = [line for line in out.splitlines() if "preempted: saved step" in line]
+        assert lines, out
+        saved.append(int(lines[-1].rsplit(" ", 2)[-2].rstrip(",")))
+    assert saved[0] == saved[1] < 400
+    assert (tmp_path / "checkpoints" / str(saved[0]) / "state").is_dir()
