@@ -77,6 +77,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.bn_group_size = 8           # devices per group when bn_mode = groups
     c.train.init_checkpoint = ""        # fine-tune from a trained or converted checkpoint
     c.train.init_use_ema = True         # take its EMA weights (as the official fine-tunes)
+    c.train.require_init_checkpoint = False  # fine-tunes: refuse to start without one
     c.train.log_every_steps = 100
     c.train.profile_steps = 0           # > 0: profile this many steps after the first log
 
@@ -152,6 +153,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
         _positive(config, key, allow_zero=True)
     if config.train.num_steps == 0 and config.train.num_epochs == 0:
         raise ValueError("config.train.num_steps or config.train.num_epochs must be > 0")
+    if config.train.require_init_checkpoint and not config.train.init_checkpoint:
+        raise ValueError("this recipe fine-tunes a trained model: set "
+                         "--config.train.init_checkpoint=DIR (a trained or converted checkpoint)")
     if config.progressive.num_stages < 1:
         raise ValueError(f"config.progressive.num_stages={config.progressive.num_stages} must "
                          f"be >= 1 (1 = no progressive learning)")

@@ -1,0 +1,204 @@
+"""Shared builders of the recipes in this directory; each recipe file is one call to one of them.
+
+Every recipe's `get_config(arg)` takes ml_collections' config argument (the text after ':' in
+`--config=configs/s_imagenet.py:paper,hw=tpu_v4_32`): comma-separated tokens, where a bare token
+picks the schedule preset ("code" or "paper") and `key=value` tokens set `hw` (a hardware preset
+of effnetv2_jax/train/hardware.py) or `model` (s, m, l, xl for the fine-tunes). The hardware
+preset is applied last inside get_config, so `--config.key=value` flags still override it.
+
+Numbers cite /work/shared/reference/efficientnetv2.md (sections 1.3, 3.1-3.7).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from effnetv2_jax.train import hardware
+from effnetv2_jax.train.config import base_config
+
+# ImageNet-1k has 1,281,167 training images in TFDS; the official code holds out 25,021 of them
+# as minival (reference 3.2), so 350 epochs are 109,474 steps here and 107,336 there.
+V1 = {  # reference 1.3: (resolution = train = eval size in the tpu repo, dropout)
+    "efficientnet-b0": (224, 0.2), "efficientnet-b1": (240, 0.2),
+    "efficientnet-b2": (260, 0.3), "efficientnet-b3": (300, 0.3),
+    "efficientnet-b4": (380, 0.4), "efficientnet-b5": (456, 0.4),
+    "efficientnet-b6": (528, 0.5), "efficientnet-b7": (600, 0.5),
+}
+# Fine-tune sizes: the eval size rounded down to a multiple of 16 (reference 3.5).
+FT_SIZE = {"s": 384, "m": 480, "l": 480, "xl": 512}
+TRANSFER = {  # dataset: (TFDS name, train split, eval split); reference 3.5
+    "cifar10": ("cifar10", "train", "test"),
+    "cifar100": ("cifar100", "train", "test"),
+    "flowers": ("oxford_flowers102", "train+validation", "test"),
+    "cars": ("cars196", "train", "test"),
+}
+
+
+def parse_arg(arg: str | None, presets: tuple[str, ...], default: str,
+              keys: tuple[str, ...] = ("hw",)) -> dict[str, str]:
+    """"paper,hw=tpu_v4_32" -> {"preset": "paper", "hw": "tpu_v4_32"}; unknown parts fail."""
+    out = {"preset": default, "hw": "", "model": ""}
+    for token in filter(None, (t.strip() for t in (arg or "").split(","))):
+        key, sep, value = token.partition("=")
+        if not sep:
+            if token not in presets:
+                raise ValueError(f"unknown preset {token!r} in config argument {arg!r} "
+                                 f"(valid: {', '.join(presets)})")
+            out["preset"] = token
+        elif key in keys:
+            out[key] = value
+        else:
+            raise ValueError(f"unknown key {key!r} in config argument {arg!r} "
+                             f"(valid: {', '.join(k + '=' for k in keys)})")
+    return out
+
+
+def fixed_schedule(config, size: int, dropout: float, randaug: float = 0.0) -> None:
+    """One stage at `size` px: no progressive learning (V1, 21k pretraining, fine-tunes)."""
+    p = config.progressive
+    p.num_stages = 1
+    p.preset = "custom"
+    p.image_size = (size, size)
+    p.randaug_magnitude = (randaug, randaug)
+    p.mixup_alpha = (0.0, 0.0)
+    p.cutmix_alpha = (0.0, 0.0)
+    p.dropout_rate = (dropout, dropout)
+    config.eval.image_size = size
+
+
+def _imagenet(config) -> None:
+    config.data.source = "tfds"
+    config.data.name = "imagenet2012"
+    config.data.eval_split = "validation"
+    config.eval.global_batch_size = 1024
+    config.checkpoint.every_steps = 2000
+
+
+def imagenet_v2(model: str, arg: str | None) -> ml_collections.ConfigDict:
+    """V2 on ImageNet-1k (reference 3.1-3.3): 350 epochs, batch 4096, RMSProp 0.016 per 256
+    (0.256), 5 warmup epochs, 0.97 every 2.4 epochs, EMA 0.9999, 4 progressive stages.
+
+    "code" follows google/automl main.py (BN momentum 0.9, the variant default); "paper" follows
+    Table 6 (BN momentum 0.99, section 3.1). B0-B3 have only the code schedule, with V1
+    AutoAugment instead of RandAugment (reference 1.3).
+    """
+    b_series = model[-2] == "b"
+    args = parse_arg(arg, ("code",) if b_series else ("code", "paper"), "code")
+    config = base_config()
+    config.model.name = model
+    _imagenet(config)
+    config.data.augment = "autoaug" if b_series else "randaug"
+    config.train.global_batch_size = 4096
+    config.train.num_epochs = 350.0
+    config.train.base_lr = 0.016
+    config.train.lr_schedule = "exponential"
+    config.train.warmup_epochs = 5.0
+    config.train.decay_epochs = 2.4
+    config.train.decay_factor = 0.97
+    config.progressive.num_stages = 4
+    config.progressive.preset = args["preset"]
+    if args["preset"] == "paper":
+        config.model.bn_momentum = 0.99
+    return hardware.apply(config, args["hw"])
+
+
+def v1(model: str, arg: str | None, augment: str = "autoaug",
+       num_stages: int = 1, randaug_magnitude: float = 0.0) -> ml_collections.ConfigDict:
+    """V1 with the tensorflow/tpu recipe (reference 3.7): batch 2048, 218,949 steps (about 350
+    epochs), 0.016 per 256 (0.128), 5 warmup epochs, 0.97 every 2.4 epochs, BN momentum 0.99,
+    label smoothing 0.1, EMA 0.9999, survival 0.8, trained at the eval resolution.
+
+    With `num_stages` > 1 the size grows by the code's rule, first = 128 + (res - 128) / M, and
+    RandAugment by 5 -> `randaug_magnitude` (reference 3.3); dropout stays constant.
+    """
+    args = parse_arg(arg, (), "")
+    size, dropout = V1[model]
+    config = base_config()
+    config.model.name = model
+    config.model.bn_momentum = 0.99
+    config.model.survival_prob = 0.8
+    _imagenet(config)
+    config.data.augment = augment
+    config.train.global_batch_size = 2048
+    config.train.num_steps = 218_949
+    config.train.base_lr = 0.016
+    config.train.lr_schedule = "exponential"
+    config.train.warmup_epochs = 5.0
+    config.train.decay_epochs = 2.4
+    config.train.decay_factor = 0.97
+    config.train.label_smoothing = 0.1
+    config.train.ema_decay = 0.9999
+    fixed_schedule(config, size, dropout, randaug_magnitude)
+    if num_stages > 1:
+        p = config.progressive
+        p.num_stages = num_stages
+        p.image_size = (int(128 + (size - 128) / num_stages), size)
+        p.randaug_magnitude = (5.0, randaug_magnitude)
+    return hardware.apply(config, args["hw"])
+
+
+def pretrain_21k(model: str, arg: str | None) -> ml_collections.ConfigDict:
+    """ImageNet-21k pretraining (reference 3.4): 60 epochs at 224 px, no progressive stages,
+    0.008 per 256 (0.128 at 4096), 1 warmup epoch, cosine, no label smoothing, no augmentation
+    beyond crop and flip, dropout 1e-6, stochastic depth off; the rest as ImageNet-1k."""
+    args = parse_arg(arg, (), "")
+    config = base_config()
+    config.model.name = model
+    config.model.survival_prob = 1.0
+    config.data.source = "tfds"
+    config.data.name = "imagenet21k"  # not in the TFDS catalog: prepare it yourself (docstring)
+    config.data.augment = "none"
+    config.train.global_batch_size = 4096
+    config.train.num_epochs = 60.0
+    config.train.base_lr = 0.008
+    config.train.lr_schedule = "cosine"
+    config.train.warmup_epochs = 1.0
+    config.train.label_smoothing = 0.0
+    fixed_schedule(config, 224, 1e-6)
+    config.eval.global_batch_size = 1024
+    config.checkpoint.every_steps = 2000
+    return hardware.apply(config, args["hw"])
+
+
+def finetune(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
+    """A V2 fine-tune from `train.init_checkpoint`, head re-initialised (reference 3.5).
+
+    Shared: batch 512, 10,000 steps, RMSProp, EMA 0.9996, label smoothing 0.1, dropout 1e-6,
+    survival 0.8, no mixup, "ft" augmentation, one stage at the fine-tune size.
+    code  (ImagenetFt in google/automl): constant 0.0005 per 256 (0.001), 1 warmup epoch,
+          weight decay 1e-5.
+    paper (section 5.3): 0.001 with cosine decay, weight decay 0; warmup kept from the code.
+    `dataset` is a key of TRANSFER or "imagenet" (21k -> 1k: 15 epochs instead of 10,000 steps).
+    """
+    args = parse_arg(arg, ("code", "paper"), "code", keys=("hw", "model"))
+    size_key = args["model"] or "s"
+    if size_key not in FT_SIZE:
+        raise ValueError(f"unknown model {size_key!r} (valid: {', '.join(FT_SIZE)})")
+    config = base_config()
+    config.model.name = f"efficientnetv2-{size_key}"
+    config.data.source = "tfds"
+    if dataset == "imagenet":
+        _imagenet(config)
+        config.train.num_epochs = 15.0
+    else:
+        config.data.name, config.data.train_split, config.data.eval_split = TRANSFER[dataset]
+        config.train.num_steps = 10_000
+        config.eval.global_batch_size = 512
+        config.checkpoint.every_steps = 1000
+    config.data.augment = "ft"
+    config.train.global_batch_size = 512
+    config.train.base_lr = 0.0005
+    config.train.warmup_epochs = 1.0
+    config.train.ema_decay = 0.9996
+    config.train.label_smoothing = 0.1
+    if args["preset"] == "paper":
+        config.train.lr_schedule = "cosine"
+        config.train.weight_decay = 0.0
+    else:
+        config.train.lr_schedule = "constant"
+        config.train.weight_decay = 1e-5
+    config.train.init_checkpoint = ""  # required: --config.train.init_checkpoint=DIR
+    config.train.require_init_checkpoint = True
+    config.train.init_use_ema = True
+    fixed_schedule(config, FT_SIZE[size_key], 1e-6)
+    return hardware.apply(config, args["hw"])
