@@ -24,6 +24,13 @@ INSTALL_REQUIRES = [
     "scikit-image==0.26.0",           # ships real sample photos (notebooks, tests)
 ]
 
+# Weight converters (effnetv2_jax.convert) read timm / Keras files; their parity tests build the
+# reference models, so the test extra includes them. torch 2.14.1 + torchvision 0.29.1 is the
+# pair that installs and runs on CPU here (a CUDA build, taken from the local wheel store).
+CONVERT = ["torch==2.14.1", "torchvision==0.29.1", "timm==1.0.31", "safetensors==0.8.0",
+           "keras==3.15.1"]
+NOTEBOOKS = ["nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0"]
+
 setup(
     name="effnetv2_jax",
     version="0.1.0",
@@ -33,9 +40,12 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["effnetv2_jax", "effnetv2_jax.*"]),
+    package_data={"effnetv2_jax": ["imagenet_classes.txt"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "hypothesis==6.170.17"],
+        "convert": CONVERT,
+        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "hypothesis==6.170.17", *CONVERT,
+                 *NOTEBOOKS],
         "tpu": ["jax[tpu]==0.10.2"],      # pins the matching libtpu
         "gpu": ["jax[cuda12]==0.10.2"],
     },

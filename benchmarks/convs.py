@@ -10,9 +10,10 @@ Optionally it also times a whole EfficientNetV2-S SGD train step with each impl.
     python benchmarks/convs.py --skip-train-step
 
 Writes `convs.csv` (one row per layer and impl, plus train-step rows) and `convs.png`.
-Timings: median of `--repeats` runs after one warm-up run, with `jax.block_until_ready`.
-The machine's other load skews absolute numbers; the `load1` column records the
-1-minute load average at each measurement.
+Timings: median of `--repeats` runs after one warm-up run, with `jax.block_until_ready`;
+the runs of the two impls alternate so that both see the same background load. Other
+load still skews absolute numbers; the `load1` column records the 1-minute load average
+after each layer.
 """
 
 from __future__ import annotations
@@ -101,14 +102,22 @@ def _load():
         return float("nan")
 
 
-def _median_seconds(fn, args, repeats):
-    jax.block_until_ready(fn(*args))  # warm-up (and compile)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def _time_once(fn, args):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    return time.perf_counter() - t0
+
+
+def _interleaved_medians(cases, repeats):
+    """Median seconds per case; one warm-up (compile) run each, then the timed runs
+    alternate between cases so that both impls see the same background load."""
+    for fn, args in cases.values():
         jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    times = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, (fn, args) in cases.items():
+            times[name].append(_time_once(fn, args))
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def make_fns(layer, impl):
@@ -124,27 +133,30 @@ def make_fns(layer, impl):
     return jax.jit(forward), jax.jit(forward_backward)
 
 
-def bench_layer(layer, impl, batch, repeats, seed=0):
+def bench_layer(layer, batch, repeats, impls=IMPLS, seed=0):
+    """{impl: {fwd_ms, fwd_bwd_ms, fwd_gflops, fwd_bwd_gflops}} for one layer."""
     xs, ws = layer.shapes(batch)
     kx, kw, ky = jax.random.split(jax.random.PRNGKey(seed), 3)
     x = jax.random.normal(kx, xs, jnp.float32)
     w = jax.random.normal(kw, ws, jnp.float32) / np.sqrt(np.prod(ws[:3]))
     dy = jax.random.normal(ky, (batch, *layer.out_hw(), layer.cout), jnp.float32)
-    fwd, fwd_bwd = make_fns(layer, impl)
-    t_fwd = _median_seconds(fwd, (x, w), repeats)
-    t_fb = _median_seconds(fwd_bwd, (x, w, dy), repeats)
+    cases = {}
+    for impl in impls:
+        fwd, fwd_bwd = make_fns(layer, impl)
+        cases[impl, "fwd"] = (fwd, (x, w))
+        cases[impl, "fwd_bwd"] = (fwd_bwd, (x, w, dy))
+    t = _interleaved_medians(cases, repeats)
     flops = layer.flops(batch)
-    return {"fwd_ms": 1e3 * t_fwd, "fwd_bwd_ms": 1e3 * t_fb,
-            "fwd_gflops": flops / t_fwd / 1e9, "fwd_bwd_gflops": 3 * flops / t_fb / 1e9}
+    return {impl: {"fwd_ms": 1e3 * t[impl, "fwd"], "fwd_bwd_ms": 1e3 * t[impl, "fwd_bwd"],
+                   "fwd_gflops": flops / t[impl, "fwd"] / 1e9,
+                   "fwd_bwd_gflops": 3 * flops / t[impl, "fwd_bwd"] / 1e9}
+            for impl in impls}
 
 
-def time_train_step(conv_impl, *, batch=32, resolution=128, num_classes=1000, steps=5,
-                    variant="efficientnetv2-s", learning_rate=0.01, seed=0):
-    """Time one EfficientNetV2 SGD train step (float32, softmax cross-entropy).
-
-    Returns a dict with `compile_s` (first call: trace + compile + one step) and `step_s`
-    (median of `steps` further calls).
-    """
+def _train_step_runner(conv_impl, *, batch=32, resolution=128, num_classes=1000,
+                       variant="efficientnetv2-s", learning_rate=0.01, seed=0):
+    """A closure that runs one SGD train step (carrying the state) and returns
+    ``(seconds, loss)``; its first call includes tracing and compilation."""
     import optax
     from flax import nnx
 
@@ -173,20 +185,55 @@ def time_train_step(conv_impl, *, batch=32, resolution=128, num_classes=1000, st
     ki, kl, kd = jax.random.split(jax.random.PRNGKey(seed), 3)
     images = jax.random.normal(ki, (batch, resolution, resolution, 3), jnp.float32)
     labels = jax.random.randint(kl, (batch,), 0, num_classes)
+    carry = {"state": state, "opt_state": opt_state, "step": 0}
 
-    t0 = time.perf_counter()
-    state, opt_state, loss = jax.block_until_ready(
-        train_step(state, opt_state, images, labels, kd))
-    compile_s = time.perf_counter() - t0
-    times = []
-    for i in range(steps):
+    def run():
+        key = jax.random.fold_in(kd, carry["step"])
         t0 = time.perf_counter()
         state, opt_state, loss = jax.block_until_ready(
-            train_step(state, opt_state, images, labels, jax.random.fold_in(kd, i)))
-        times.append(time.perf_counter() - t0)
-    if not np.isfinite(float(loss)):
-        raise FloatingPointError(f"non-finite loss {float(loss)} with conv_impl={conv_impl}")
-    return {"compile_s": compile_s, "step_s": statistics.median(times), "loss": float(loss)}
+            train_step(carry["state"], carry["opt_state"], images, labels, key))
+        seconds = time.perf_counter() - t0
+        carry.update(state=state, opt_state=opt_state, step=carry["step"] + 1)
+        if not np.isfinite(float(loss)):
+            raise FloatingPointError(f"non-finite loss {float(loss)} with conv_impl={conv_impl}")
+        return seconds, float(loss)
+
+    return run
+
+
+def time_train_step(conv_impl, *, batch=32, resolution=128, num_classes=1000, steps=5,
+                    variant="efficientnetv2-s", learning_rate=0.01, seed=0):
+    """Time an EfficientNetV2 SGD train step (float32, softmax cross-entropy).
+
+    ``conv_impl`` is passed to ``effnetv2_jax.create_model``. Returns a dict with
+    ``compile_s`` (first call: trace + compile + one step), ``step_s`` (median of
+    ``steps`` further calls) and the last ``loss``.
+    """
+    run = _train_step_runner(conv_impl, batch=batch, resolution=resolution,
+                             num_classes=num_classes, variant=variant,
+                             learning_rate=learning_rate, seed=seed)
+    compile_s, loss = run()
+    times = []
+    for _ in range(steps):
+        seconds, loss = run()
+        times.append(seconds)
+    return {"compile_s": compile_s, "step_s": statistics.median(times), "loss": loss}
+
+
+def time_train_steps_interleaved(impls=IMPLS, *, steps=5, **kwargs):
+    """Like :func:`time_train_step` for several impls, alternating their timed steps so
+    that each sees the same background load. Returns ``{impl: result dict}``."""
+    runners = {impl: _train_step_runner(impl, **kwargs) for impl in impls}
+    results = {}
+    for impl, run in runners.items():
+        compile_s, loss = run()
+        results[impl] = {"compile_s": compile_s, "times": [], "loss": loss}
+    for _ in range(steps):
+        for impl, run in runners.items():
+            seconds, results[impl]["loss"] = run()
+            results[impl]["times"].append(seconds)
+    return {impl: {"compile_s": r["compile_s"], "step_s": statistics.median(r["times"]),
+                   "loss": r["loss"]} for impl, r in results.items()}
 
 
 def _plot(rows, train_rows, path):
@@ -257,7 +304,7 @@ def main(argv=None):
             f"{'xla f+b':>8s} {'cpu f+b':>8s} {'ratio':>6s}   (GFLOP/s)  load")
     print(head)
     for layer in layers:
-        res = {impl: bench_layer(layer, impl, batch, repeats) for impl in IMPLS}
+        res = bench_layer(layer, batch, repeats)
         load = _load()
         for impl in IMPLS:
             rows.append({"layer": layer.label(batch), "name": layer.name, "impl": impl,
@@ -279,15 +326,16 @@ def main(argv=None):
             tr = args.train_resolution or (64 if args.quick else 128)
             ts = args.train_steps or (2 if args.quick else 5)
             label = f"EfficientNetV2-S train step, batch {tb}, {tr} px"
+            res = time_train_steps_interleaved(IMPLS, steps=ts, batch=tb, resolution=tr)
             for impl in IMPLS:
-                r = time_train_step(impl, batch=tb, resolution=tr, steps=ts)
+                r = res[impl]
                 train_rows.append({"layer": label, "name": "train_step", "impl": impl,
                                    **r, "load1": _load()})
                 print(f"{label} [{impl}]: compile {r['compile_s']:.1f} s, "
-                      f"step {r['step_s']:.3f} s (median of {ts}), loss {r['loss']:.3f}",
-                      flush=True)
+                      f"step {r['step_s']:.3f} s (median of {ts}), loss {r['loss']:.3f}")
             print(f"train step speed-up cpu vs xla: "
-                  f"{train_rows[0]['step_s'] / train_rows[1]['step_s']:.2f}x")
+                  f"{res['xla']['step_s'] / res['cpu']['step_s']:.2f}x, compile time ratio "
+                  f"{res['cpu']['compile_s'] / res['xla']['compile_s']:.2f}x", flush=True)
 
     fields = ["layer", "name", "impl", "gflop_fwd", "fwd_ms", "fwd_bwd_ms", "fwd_gflops",
               "fwd_bwd_gflops", "compile_s", "step_s", "loss", "load1"]

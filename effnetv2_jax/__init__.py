@@ -10,4 +10,6 @@ from effnetv2_jax.models import (ArchConfig, BlockSpec, ConvType, EfficientNet, 
                                  Variant, abstract_model, count_flops, count_params, create_model,
                                  decode, encode, get_variant, list_models, register)
 
+from effnetv2_jax.inference import LoadedModel, Predictions, load_checkpoint, predict
+
 __version__ = "0.1.0"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
 from collections.abc import Sequence
 
 import jax
@@ -171,6 +172,12 @@ def load_checkpoint(path: str, *, step: int | None = None, use_ema: bool = True,
                        weights="ema" if use_ema else "raw")
 
 
+def _looks_like_image(head: bytes) -> bool:
+    """The file signatures of the formats TF's `decode_image` reads."""
+    return (head.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM"))
+            or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"))
+
+
 def read_image(path: str) -> np.ndarray:
     """An image file (JPEG, PNG, GIF, BMP, WebP) -> uint8 [height, width, 3].
 
@@ -185,11 +192,20 @@ def read_image(path: str) -> np.ndarray:
     if os.path.isdir(path):
         raise ImageError(f"{path}: is a directory, not an image")
     try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except PermissionError:
+        raise ImageError(f"{path}: permission denied") from None
+    if not _looks_like_image(head):  # checked here, so TF logs no C++ warning for it
+        raise ImageError(f"{path}: not a readable image (JPEG, PNG, GIF, BMP or WebP): "
+                         f"unknown file format")
+    try:
         return decode(tf.io.read_file(path)).numpy()
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else "decode failed"
+        # TF prefixes "{{function_node ...}}"; keep the first sentence of the reason.
+        reason = re.sub(r"\{\{.*?\}\}", "", str(error)).strip().split(". ")[0].rstrip(".")
         raise ImageError(f"{path}: not a readable image (JPEG, PNG, GIF, BMP or WebP): "
-                         f"{reason[:120]}") from None
+                         f"{reason[:120] or 'decoding failed'}") from None
     except (PermissionError, tf.errors.PermissionDeniedError):
         raise ImageError(f"{path}: permission denied") from None
 

@@ -1,0 +1,16 @@
+"""Weight converters: official TF1 checkpoints, timm state dicts and Keras weight files ->
+the checkpoint layout `effnetv2_jax.load_checkpoint` (and training's restore) reads.
+
+    python -m effnetv2_jax.convert --source timm --model efficientnetv2-s \
+        --input tf_efficientnetv2_s.safetensors --output /tmp/v2s
+
+Every converter is strict (see `common.match`). torch, timm and keras are not needed: TF1
+checkpoints are read with TensorFlow, `.safetensors` with the small `safetensors` package, `.pth`
+with torch (`pip install 'effnetv2_jax[convert]'`), Keras files with h5py.
+"""
+
+from effnetv2_jax.convert.common import ConversionError
+from effnetv2_jax.convert.pipeline import SOURCES, ConversionReport, convert
+from effnetv2_jax.convert.writer import write_model
+
+__all__ = ["SOURCES", "ConversionError", "ConversionReport", "convert", "write_model"]
