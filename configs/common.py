@@ -6,7 +6,7 @@ picks the schedule preset ("code" or "paper") and `key=value` tokens set `hw` (a
 of effnetv2_jax/train/hardware.py) or `model` (s, m, l, xl for the fine-tunes). The hardware
 preset is applied last inside get_config, so `--config.key=value` flags still override it.
 
-Numbers cite /work/shared/reference/efficientnetv2.md (sections 1.3, 3.1-3.7).
+Numbers cite the project's EfficientNetV2 reference notes (shared/reference/efficientnetv2.md) (sections 1.3, 3.1-3.7).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Every recipe in configs/: it loads as the command line loads it, builds, trains, and holds the
-reference's numbers (/work/shared/reference/efficientnetv2.md sections 1.3 and 3).
+reference's numbers (the project's EfficientNetV2 reference notes (shared/reference/efficientnetv2.md) sections 1.3 and 3).
 
 Loading goes through ml_collections' own file parser (`--config=configs/X.py:ARG`), so a recipe
 that only works when imported some other way fails here. Building uses `loop.setup` (no
