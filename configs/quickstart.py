@@ -45,5 +45,6 @@ def get_config():
     config.progressive.dropout_rate = (0.05, 0.1)
     config.eval.image_size = 48
     config.eval.global_batch_size = 128
+    config.eval.every_steps = 100               # a held-out point every 100 steps
     config.checkpoint.every_steps = 200
     return config

@@ -7,22 +7,23 @@ within 1e-4; see ``tests/test_conv_ops.py``):
   and what TPU / GPU use.
 * ``"cpu"``: rewrites of the convolutions XLA:CPU handles badly, into ops it compiles
   well (elementwise fusions, GEMMs). Speed-ups quoted below are for EfficientNetV2-S
-  layer shapes, batch 32 at 128 px, float32, on a 2-core x86 VM
-  (``benchmarks/convs.py`` measures them).
+  layer shapes, batch 32 at 128 px, float32, on a shared 2-core x86 VM
+  (``benchmarks/convs.py`` measures them; timings there varied up to 2x with load).
 
-  - depthwise ``k x k``: XLA:CPU runs the grouped conv at ~0.5 GFLOP/s forward and
-    0.1-0.3 GFLOP/s forward+backward. Here: a sum of ``k*k`` shifted slices times a
-    per-channel weight (one loop fusion), a hand-written backward, and a weight
-    gradient reduced in cache-sized batch chunks: 18-70x faster forward, 30-90x
-    forward+backward.
+  - depthwise ``k x k``: XLA:CPU runs the grouped conv at 0.2-0.6 GFLOP/s forward and
+    0.05-0.3 GFLOP/s forward+backward. Here: a sum of ``k*k`` shifted windows of the
+    padded input times a per-channel weight (one loop fusion), a hand-written
+    backward, and a weight gradient reduced in cache-sized batch chunks:
+    forward+backward 20-45x faster (forward alone 4-26x on a bare input).
   - ``1 x 1``: a 2-D matmul on the flattened pixels (stride 2 = subsample first):
-    forward+backward 1.7-4x faster than the conv.
+    forward+backward 1.3-4x faster than the conv.
   - dense ``k x k``: forward and input gradient stay ``lax`` convs (XLA:CPU is fast
     there), but the weight gradient (3-4x slower than the forward in XLA) is a sum of
-    ``k*k`` shifted GEMMs, again in cache-sized batch chunks: forward+backward 1-1.6x.
+    ``k*k`` shifted GEMMs, again in cache-sized batch chunks: forward+backward
+    1.1-2.4x.
 
-  A whole EfficientNetV2-S SGD step (batch 32, 128 px) is ~5x faster with "cpu"; its
-  compile takes ~1.3x longer (more, smaller ops).
+  A whole EfficientNetV2-S SGD step (batch 32, 128 px) runs 4-5x faster with "cpu"
+  (e.g. 4.9 vs 20.7 s), with about the same compile time.
 
 Layouts: activations NHWC, kernels HWIO (Flax / TF): ``conv2d`` kernels are
 ``[k, k, in, out]``, ``depthwise_conv2d`` kernels ``[k, k, 1, channels]``.
@@ -42,11 +43,12 @@ from jax import lax
 CONV_IMPLS = ("xla", "cpu")
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
-# Per-chunk working set for the chunked weight gradients. Large enough to amortise the
-# loop, small enough that a chunk of x, its slices and dy stay in L2/L3: the depthwise
-# weight gradient of [32,32,32,256] takes 120-200 ms unchunked and 20-50 ms in 2-image
-# (2 MiB) chunks, because XLA materialises each shifted slice before the reduction.
-# 1 MiB and 4 MiB chunks were up to 2x slower for the depthwise shapes.
+# Per-chunk size (of the input) for the chunked weight gradients. Large enough to
+# amortise the loop, small enough that a chunk of x, its shifted copies and dy stay in
+# L2/L3: the depthwise weight gradient of [32,32,32,256] takes 120-200 ms unchunked and
+# 20-50 ms in 1-2 image chunks, because XLA materialises each shifted window before
+# the reduction. Over the benchmark's shapes 1-3 MiB were within noise of each other;
+# 5 MiB was up to 3.5x slower (forward+backward of a 3x3 depthwise on [32,8,8,768]).
 _CHUNK_BYTES = 2 * 1024 * 1024
 
 
@@ -214,10 +216,12 @@ def _depthwise_taps(xp, kernel, stride, out_h, out_w):
     """``sum_{i,j} xp[:, i::s, j::s][:out_h, :out_w] * kernel[i, j, 0]`` in float32.
 
     One loop fusion over the k*k strided windows of the padded input (the casts fuse,
-    so float32 accumulation is free). 12-70x the XLA:CPU grouped conv forward. Also
-    tried: the same over ``jnp.roll`` of the input (3x slower at stride 2), and one
+    so float32 accumulation is free). 4-26x the XLA:CPU grouped conv forward on a bare
+    input, where the pad is an extra pass; in a network the pad fuses with the producer.
+    Also tried: the same over ``jnp.roll`` of the input (3x slower at stride 2), one
     einsum over the stacked windows (10x slower: the k*k-times larger stack is
-    materialised)."""
+    materialised), and a ``fori_loop`` over batch chunks of the unpadded form (which
+    also keeps the producer out of the fusion; 2-4x slower at stride 1)."""
     k = kernel.shape[0]
     acc = None
     for i in range(k):
@@ -277,7 +281,7 @@ def _depthwise_input_grad(dy, kernel, h, w, stride):
     if stride == 1:
         dx = rows[0][0]
     else:  # dx[n, q*s + a, r*s + b] = rows[a][b][n, q, r]
-        dx = jnp.stack([jnp.stack(cols, axis=3) for cols in rows], axis=2)
+        dx = jnp.stack([jnp.stack(cols, axis=2) for cols in rows], axis=4)
         dx = dx.reshape(n, qh * stride, qw * stride, c)[:, :h, :w]
     return dx.astype(dy.dtype)
 
@@ -336,7 +340,7 @@ _depthwise_vjp.defvjp(_depthwise_vjp_fwd, _depthwise_vjp_bwd)
 def _pointwise(x, kernel, stride):
     """1x1 conv as ``[n*h*w, cin] @ [cin, cout]`` (SAME padding is zero for k=1, so a
     strided conv is a subsample then a matmul). Plain autodiff: both gradients are
-    GEMMs. Forward+backward 1.7-4x faster than the XLA:CPU conv (e.g. 50 vs 175 ms at
+    GEMMs. Forward+backward 1.3-4x faster than the XLA:CPU conv (e.g. 50 vs 175 ms at
     [32,16,16,128]->512); the 2-D reshape beats a 4-D einsum by 1.1-1.5x in the backward
     (the einsum's weight gradient contracts over three axes)."""
     if stride > 1:
