@@ -281,7 +281,7 @@ def _depthwise_input_grad(dy, kernel, h, w, stride):
     if stride == 1:
         dx = rows[0][0]
     else:  # dx[n, q*s + a, r*s + b] = rows[a][b][n, q, r]
-        dx = jnp.stack([jnp.stack(cols, axis=2) for cols in rows], axis=4)
+        dx = jnp.stack([jnp.stack(cols, axis=3) for cols in rows], axis=2)
         dx = dx.reshape(n, qh * stride, qw * stride, c)[:, :h, :w]
     return dx.astype(dy.dtype)
 
