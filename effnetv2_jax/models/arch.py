@@ -13,9 +13,9 @@ import dataclasses
 from collections.abc import Sequence
 
 from effnetv2_jax.models.block_spec import BlockSpec, ConvType, decode_all
+from effnetv2_jax.models.layers import ACTIVATIONS
 from effnetv2_jax.models.rounding import ROUNDING_RULES, round_filters, round_repeats
 
-ACTIVATIONS = ("silu", "swish", "relu", "relu6", "hard_swish", "gelu", "mish")
 
 
 @dataclasses.dataclass(frozen=True)

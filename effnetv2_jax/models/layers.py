@@ -39,17 +39,17 @@ def mish(x):
     return x * jnp.tanh(jax.nn.softplus(x))
 
 
-_ACTIVATIONS = {"silu": jax.nn.silu, "swish": jax.nn.silu, "relu": jax.nn.relu,
+ACTIVATIONS = {"silu": jax.nn.silu, "swish": jax.nn.silu, "relu": jax.nn.relu,
                 "relu6": jax.nn.relu6, "hard_swish": hard_swish, "gelu": jax.nn.gelu,
                 "mish": mish}
 
 
 def get_activation(name: str):
     try:
-        return _ACTIVATIONS[name]
+        return ACTIVATIONS[name]
     except KeyError:
         raise ValueError(f"unknown activation {name!r} "
-                         f"(valid: {', '.join(sorted(_ACTIVATIONS))})") from None
+                         f"(valid: {', '.join(sorted(ACTIVATIONS))})") from None
 
 
 class Conv2D(nnx.Module):

@@ -128,7 +128,9 @@ def _positive(config, key: str, allow_zero: bool = False) -> None:
 
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks every value that can be checked before building anything; names the bad key."""
-    from effnetv2_jax.models.variants import list_models  # noqa: PLC0415 (cheap, lazy)
+    from effnetv2_jax.data.config import AUGMENTS, SOURCES  # noqa: PLC0415 (cheap, lazy)
+    from effnetv2_jax.models.conv_ops import CONV_IMPLS  # noqa: PLC0415
+    from effnetv2_jax.models.variants import list_models  # noqa: PLC0415
     from effnetv2_jax.train.optim import OPTIMIZERS, SCHEDULES  # noqa: PLC0415
     from effnetv2_jax.train.progressive import PRESETS  # noqa: PLC0415
     from effnetv2_jax.train.sharding import BN_MODES  # noqa: PLC0415
@@ -136,9 +138,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _choice(config, "mode", MODES)
     _choice(config, "model.name", list_models())
     _choice(config, "model.dtype", ("float32", "bfloat16"))
-    _choice(config, "model.conv_impl", ("auto", "xla", "cpu"))
-    _choice(config, "data.source", ("tfds", "folder", "digits", "synthetic"))
-    _choice(config, "data.augment", ("randaug", "autoaug", "ft", "none"))
+    _choice(config, "model.conv_impl", ("auto",) + CONV_IMPLS)
+    _choice(config, "data.source", SOURCES)
+    _choice(config, "data.augment", AUGMENTS)
     _choice(config, "train.optimizer", OPTIMIZERS)
     _choice(config, "train.lr_schedule", SCHEDULES)
     _choice(config, "train.bn_mode", BN_MODES)
