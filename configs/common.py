@@ -140,14 +140,23 @@ def v1(model: str, arg: str | None, augment: str = "autoaug",
 def pretrain_21k(model: str, arg: str | None) -> ml_collections.ConfigDict:
     """ImageNet-21k pretraining (reference 3.4): 60 epochs at 224 px, no progressive stages,
     0.008 per 256 (0.128 at 4096), 1 warmup epoch, cosine, no label smoothing, no augmentation
-    beyond crop and flip, dropout 1e-6, stochastic depth off; the rest as ImageNet-1k."""
-    args = parse_arg(arg, (), "")
+    beyond crop and flip, dropout 1e-6, stochastic depth off; the rest as ImageNet-1k.
+
+    Labels are the dataset's `labels` (Sequence(ClassLabel)), as multi-hot targets:
+    paper   (default; section 5.2, official multiclass=True): divided by the label count,
+            softmax cross-entropy;
+    sigmoid (official loss_type='sigmoid', how the published 21k checkpoints were re-trained):
+            0/1 multi-hot, sigmoid cross-entropy."""
+    args = parse_arg(arg, ("paper", "sigmoid"), "paper")
     config = base_config()
     config.model.name = model
     config.model.survival_prob = 1.0
     config.data.source = "tfds"
     config.data.name = "imagenet21k"  # not in the TFDS catalog: prepare it yourself (docstring)
     config.data.augment = "none"
+    config.data.label_key = "labels"
+    config.data.normalize_multi_hot = args["preset"] == "paper"
+    config.train.loss = "softmax" if args["preset"] == "paper" else "sigmoid"
     config.train.global_batch_size = 4096
     config.train.num_epochs = 60.0
     config.train.base_lr = 0.008

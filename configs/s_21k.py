@@ -7,9 +7,11 @@ Reference 3.4: batch 4096, RMSProp 0.008 per 256 (0.128), 1 warmup epoch, cosine
 smoothing 0, crop and flip only (augment "none"), dropout 1e-6, survival 1.0 (no stochastic
 depth), EMA 0.9999, weight decay 1e-5, 224 px train and eval; classes from the dataset (the
 official head has 21,843). ImageNet-21k is not in the TFDS catalog: prepare it as a TFDS
-dataset with `image` and `label` features and pass its name as `data.name`.
-OPEN: the official targets are multi-hot labels divided by their sum (paper section 5.2); the
-data pipeline reads one ClassLabel per image, so this recipe trains with single labels.
+dataset with an `image` feature and a `labels` feature `Sequence(ClassLabel(num_classes=21843))`
+(every class of an image, as the official TFRecords hold them) and pass its name as `data.name`.
+Targets: multi-hot divided by the label count, softmax cross-entropy (paper section 5.2, official
+`multiclass=True`; the default preset "paper"). `--config=configs/s_21k.py:sigmoid` uses 0/1
+multi-hot targets and a sigmoid loss instead, as the published 21k checkpoints were re-trained.
 Append `,hw=NAME` to the argument for a hardware preset (effnetv2_jax/train/hardware.py:
 tpu_v3_8, tpu_v4_32, gpu_8xa100, cpu_debug, ...); `--config.key=value` flags override both.
 

@@ -232,6 +232,11 @@ def test_21k_pretraining(model):
     (only,) = stages(c)
     assert (only.image_size, c.eval.image_size, only.dropout_rate) == (224, 224, 1e-6)
     assert (only.randaug_magnitude, only.mixup_alpha, only.cutmix_alpha) == (0, 0, 0)
+    # multi-hot targets / label count with softmax (paper 5.2); 0/1 + sigmoid as published
+    assert (c.data.label_key, c.data.normalize_multi_hot, c.train.loss) == (
+        "labels", True, "softmax")
+    sigmoid = load(f"{model}_21k", "sigmoid,hw=tpu_v3_8")
+    assert (sigmoid.data.normalize_multi_hot, sigmoid.train.loss) == (False, "sigmoid")
 
 
 @pytest.mark.parametrize("name,dataset", [("cifar10_ft", "cifar10"), ("cifar100_ft", "cifar100"),

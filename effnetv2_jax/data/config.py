@@ -38,7 +38,12 @@ class DataConfig:
         `~/tensorflow_datasets`). The digits dataset is prepared here too.
       train_split, eval_split: TFDS split expressions ("train", "train+validation",
         "train[:90%]"); eval_split None picks "validation" when the dataset has it, else "test".
-      image_key, label_key: feature names in the TFDS dataset.
+      image_key, label_key: feature names in the TFDS dataset. The label feature is a
+        `ClassLabel` (one class per image) or a `Sequence(ClassLabel)` (multi-label, such as
+        ImageNet-21k's `labels`): targets are then multi-hot vectors.
+      normalize_multi_hot: multi-label targets divided by their label count, so each sums to 1
+        (paper section 5.2 and the official `multiclass=True`; for softmax cross-entropy).
+        False keeps 0/1 multi-hot targets (for the sigmoid loss of the published 21k weights).
       folder_root: training images, `folder_root/<class name>/<image file>` (source="folder").
         Class ids are the sorted class-folder names.
       folder_eval_root: evaluation images in the same layout; its classes must exist in
@@ -74,6 +79,7 @@ class DataConfig:
     eval_split: str | None = None
     image_key: str = "image"
     label_key: str = "label"
+    normalize_multi_hot: bool = True
     folder_root: str | None = None
     folder_eval_root: str | None = None
     download: bool = False

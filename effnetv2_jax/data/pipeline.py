@@ -37,7 +37,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from effnetv2_jax.data import mixing, preprocess as prep, seeds
+from effnetv2_jax.data import labels, mixing, preprocess as prep, seeds
 from effnetv2_jax.data.config import DataConfig, Preprocess
 from effnetv2_jax.data.shard import Shard
 from effnetv2_jax.data.sources import DatasetInfo, dataset_info, open_shard
@@ -146,7 +146,9 @@ def make_train_iterator(config: DataConfig, preprocess: Preprocess, *, image_siz
 
     Returns:
       Batches yielding {"image": float32 [local_batch, image_size, image_size, 3] normalised,
-      "label": float32 [local_batch, num_classes] soft targets (no label smoothing)}.
+      "label": float32 [local_batch, num_classes] soft targets (no label smoothing): one-hot,
+      or for multi-label data multi-hot, divided by the label count if
+      `config.normalize_multi_hot`; then mixed}.
     """
     local_batch = _local_batch_size(global_batch_size, process_index, process_count)
     if start_step < 0 or image_size < 1 or randaug_magnitude < 0:
@@ -173,19 +175,20 @@ def make_train_iterator(config: DataConfig, preprocess: Preprocess, *, image_siz
 
     examples = _example_stream(shard, seed, start_step * local_batch)
     if mixup_alpha > 0 or cutmix_alpha > 0:
-        batches = _mixed_batches(examples, prepare, num_classes, local_batch, image_size,
-                                 mixup_alpha, cutmix_alpha, seed, start_step, process_index,
-                                 _parallel(config))
+        batches = _mixed_batches(
+            examples, prepare, lambda label: labels.targets(
+                label, num_classes, config.normalize_multi_hot), local_batch, image_size,
+            mixup_alpha, cutmix_alpha, seed, start_step, process_index, _parallel(config))
     else:
         batches = examples.map(
-            lambda example: {"image": prepare(example),
-                             "label": tf.one_hot(example["label"], num_classes)},
+            lambda example: {"image": prepare(example), "label": labels.targets(
+                example["label"], num_classes, config.normalize_multi_hot)},
             num_parallel_calls=_parallel(config), deterministic=True)
         batches = batches.batch(local_batch, drop_remainder=True)
     return Batches(batches.prefetch(config.prefetch).with_options(_options()), local_batch)
 
 
-def _mixed_batches(examples, prepare, num_classes, local_batch, image_size, mixup_alpha,
+def _mixed_batches(examples, prepare, to_target, local_batch, image_size, mixup_alpha,
                    cutmix_alpha, seed, start_step, process_index, parallel) -> tf.data.Dataset:
     """Batches mixed as `mixing.py` describes, one (example, partner) pair per parallel call.
 
@@ -212,13 +215,14 @@ def _mixed_batches(examples, prepare, num_classes, local_batch, image_size, mixu
         first_image = prepare(members[0])
         images = [first_image, tf.cond(pair["alone"], lambda: first_image,
                                        lambda: prepare(members[1]))]
-        labels = [tf.one_hot(member["label"], num_classes) for member in members]
+        targets = [to_target(member["label"]) for member in members]
         mixed_images, mixed_labels = [], []
         for own, other in ((0, 1), (1, 0)):
             row = members[own]
             mixed_images.append(mixing.mix_image(images[own], images[other], row["mixup_weight"],
                                                  row["box"], row["is_cutmix"]))
-            mixed_labels.append(mixing.mix_labels(labels[own], labels[other], row["label_weight"],
+            mixed_labels.append(mixing.mix_labels(targets[own], targets[other],
+                                                  row["label_weight"],
                                                   row["partner_label_weight"]))
         return {"image": tf.stack(mixed_images), "label": tf.stack(mixed_labels),
                 "keep": tf.stack([True, tf.logical_not(pair["alone"])])}
@@ -239,20 +243,26 @@ def make_eval_iterator(config: DataConfig, preprocess: Preprocess, *, image_size
 
     Returns:
       Batches (with `len()`) yielding {"image": float32 [local_batch, image_size, image_size, 3],
-      "label": int32 [local_batch], "mask": bool [local_batch]} (mask False on padding); the
+      "label": int32 [local_batch] (float32 [local_batch, num_classes] multi-hot targets for
+      multi-label data), "mask": bool [local_batch]} (mask False on padding); the
       same number of batches on every process.
     """
     local_batch = _local_batch_size(global_batch_size, process_index, process_count)
     shard = open_shard(config, False, process_index, process_count)
     num_batches = -(-shard.max_num_examples // local_batch)
     padding = num_batches * local_batch - shard.num_examples
-    blank = {"image": tf.zeros([image_size, image_size, 3], tf.float32),
-             "label": tf.constant(0, tf.int32), "mask": tf.constant(False)}
+    blank_label = (tf.zeros([shard.num_classes], tf.float32) if shard.multi_label
+                   else tf.constant(0, tf.int32))
+    blank = {"image": tf.zeros([image_size, image_size, 3], tf.float32), "label": blank_label,
+             "mask": tf.constant(False)}
     examples = tf.data.Dataset.from_tensors(blank).repeat(padding)
     if shard.num_examples:
         def prepare(example):
             image = prep.eval_image(shard.decode(example["raw"]), image_size, preprocess)
-            return {"image": image, "label": example["label"], "mask": tf.constant(True)}
+            label = example["label"]
+            if shard.multi_label:
+                label = labels.targets(label, shard.num_classes, config.normalize_multi_hot)
+            return {"image": image, "label": label, "mask": tf.constant(True)}
 
         real = shard.in_order().map(prepare, num_parallel_calls=_parallel(config),
                                     deterministic=True)

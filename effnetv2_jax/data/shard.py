@@ -25,6 +25,7 @@ import abc
 import numpy as np
 import tensorflow as tf
 
+from effnetv2_jax.data.labels import RaggedLabels
 from effnetv2_jax.data.preprocess import decode as decode_image
 
 
@@ -48,6 +49,7 @@ class Shard(abc.ABC):
 
     Attributes:
       num_classes: classes of the dataset (labels are 0 .. num_classes - 1).
+      multi_label: labels are float32 multi-hot vectors [num_classes] (`labels.py`), not int32.
       num_examples: examples in this part.
       max_num_examples: the largest part over all processes (sets the eval batch count).
       random_access: True if `read` works; False for streams (`stream` instead).
@@ -57,9 +59,10 @@ class Shard(abc.ABC):
     num_examples: int
     max_num_examples: int
     random_access: bool = True
+    multi_label: bool = False
 
     def read(self, elements: tf.data.Dataset) -> tf.data.Dataset:
-        """Adds "raw", "label" (int32) and "key" (int64) to dicts with an int64 "index".
+        """Adds "raw", "label" (int32, or multi-hot) and "key" (int64) to dicts with "index".
 
         Order is preserved; the default reads one example per call with `fetch`.
         """
@@ -87,21 +90,26 @@ class Shard(abc.ABC):
 
 
 class MemoryShard(Shard):
-    """Encoded images and labels held in host memory (small and medium datasets)."""
+    """Encoded images and labels held in host memory (small and medium datasets).
 
-    def __init__(self, encoded: np.ndarray, labels: np.ndarray, keys: np.ndarray,
+    `labels` is an int array [n] of class ids, or `RaggedLabels` for multi-label data.
+    """
+
+    def __init__(self, encoded: np.ndarray, labels: np.ndarray | RaggedLabels, keys: np.ndarray,
                  num_classes: int, max_num_examples: int):
         self.num_classes = num_classes
         self.num_examples = len(labels)
         self.max_num_examples = max_num_examples
+        self.multi_label = isinstance(labels, RaggedLabels)
         self.nbytes = sum(len(e) for e in encoded)
         self._encoded = hold(encoded) if len(encoded) else None
-        self._labels = tf.constant(np.asarray(labels, np.int32))
+        self._labels = labels if self.multi_label else tf.constant(np.asarray(labels, np.int32))
         self._keys = tf.constant(np.asarray(keys, np.int64))
 
     def fetch(self, index):
-        return (tf.gather(self._encoded, index), tf.gather(self._labels, index),
-                tf.gather(self._keys, index))
+        label = (self._labels.lookup(index) if self.multi_label
+                 else tf.gather(self._labels, index))
+        return tf.gather(self._encoded, index), label, tf.gather(self._keys, index)
 
     def decode(self, raw):
         return decode_image(raw)

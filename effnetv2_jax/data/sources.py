@@ -30,12 +30,15 @@ class DatasetInfo:
         files found, before unreadable ones are dropped.
       num_eval_examples: examples in the evaluation split; 0 if there is none.
       class_names: one name per class id.
+      multi_label: examples list several classes (a TFDS `Sequence(ClassLabel)` label):
+        targets, train and eval, are multi-hot float32 [num_classes] rather than class ids.
     """
 
     num_classes: int
     num_train_examples: int
     num_eval_examples: int
     class_names: tuple[str, ...]
+    multi_label: bool = False
 
 
 def _builder(config: DataConfig):
@@ -59,8 +62,7 @@ def dataset_info(config: DataConfig) -> DatasetInfo:
                                                      train.class_names).paths)
         return DatasetInfo(len(train.class_names), len(train.paths), num_eval, train.class_names)
     builder = _builder(config)
-    tfds_source.check_features(builder, config.image_key, config.label_key)
-    labels = builder.info.features[config.label_key]
+    labels = tfds_source.check_features(builder, config.image_key, config.label_key)
     train_split = tfds_source.resolve_split(builder, config.train_split)
     try:
         eval_split = tfds_source.resolve_split(builder, config.eval_split)
@@ -70,7 +72,7 @@ def dataset_info(config: DataConfig) -> DatasetInfo:
             raise
         num_eval = 0  # no default eval split: fine for training, make_eval_iterator explains
     return DatasetInfo(labels.num_classes, tfds_source.num_examples(builder, train_split),
-                       num_eval, tuple(labels.names))
+                       num_eval, labels.names, labels.multi_label)
 
 
 def open_shard(config: DataConfig, train: bool, process_index: int, process_count: int) -> Shard:

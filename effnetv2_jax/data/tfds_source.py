@@ -33,6 +33,7 @@ from absl import logging
 
 from effnetv2_jax.data import seeds
 from effnetv2_jax.data.config import DataConfig
+from effnetv2_jax.data.labels import LabelFeature, RaggedLabels, describe_feature, multi_hot
 from effnetv2_jax.data.preprocess import decode as decode_image
 from effnetv2_jax.data.shard import MemoryShard, Shard
 
@@ -74,16 +75,21 @@ def load_builder(config: DataConfig) -> tfds.core.DatasetBuilder:
     return builder
 
 
-def check_features(builder: tfds.core.DatasetBuilder, image_key: str, label_key: str) -> None:
-    """Fails with the feature names if the image or label feature is missing or of a wrong type."""
+def check_features(builder: tfds.core.DatasetBuilder, image_key: str,
+                   label_key: str) -> LabelFeature:
+    """The label feature's classes; fails with the feature names if the image feature or the
+    label feature (a ClassLabel or a Sequence of ClassLabel) is missing or of a wrong type."""
     features = builder.info.features
     names = sorted(features.keys())
     if image_key not in names or not isinstance(features[image_key], tfds.features.Image):
         raise ValueError(f"dataset '{builder.name}' has no image feature '{image_key}' "
                          f"(features: {names}); set DataConfig.image_key")
-    if label_key not in names or not isinstance(features[label_key], tfds.features.ClassLabel):
+    label = describe_feature(features[label_key]) if label_key in names else None
+    if label is None:
         raise ValueError(f"dataset '{builder.name}' has no class-label feature '{label_key}' "
-                         f"(features: {names}); set DataConfig.label_key")
+                         f"(a ClassLabel or Sequence(ClassLabel); features: {names}); set "
+                         f"DataConfig.label_key")
+    return label
 
 
 def resolve_split(builder: tfds.core.DatasetBuilder, split: str | None) -> str:
@@ -136,15 +142,22 @@ def _load_into_memory(builder, split, image_key, label_key, offset, max_num_exam
     start = time.time()
     dataset = builder.as_dataset(split=split, shuffle_files=False,
                                  decoders={image_key: tfds.decode.SkipDecoding()})
-    dataset = dataset.map(lambda ex: (ex[image_key], ex[label_key])).batch(1024)
+    feature = describe_feature(builder.info.features[label_key])
+    dataset = dataset.map(lambda ex: (ex[image_key], ex[label_key])).ragged_batch(1024)
     encoded, labels = [], []
     for images, batch_labels in dataset.as_numpy_iterator():
         encoded.extend(images)
-        labels.append(batch_labels)
-    labels = np.concatenate(labels) if labels else np.zeros([0], np.int32)
+        if feature.multi_label:  # one class-id array per image (object or 2-D array)
+            labels.extend(list(batch_labels))
+        else:
+            labels.append(batch_labels)
+    if feature.multi_label:
+        labels = RaggedLabels(labels, feature.num_classes)
+    else:
+        labels = np.concatenate(labels) if labels else np.zeros([0], np.int32)
     shard = MemoryShard(np.array(encoded, dtype=object), labels,
-                        np.arange(offset, offset + len(labels)),
-                        builder.info.features[label_key].num_classes, max_num_examples)
+                        np.arange(offset, offset + len(labels)), feature.num_classes,
+                        max_num_examples)
     logging.info("Loaded %d encoded examples of %s[%s] (%.1f MB) into memory in %.1f s",
                  len(labels), builder.name, split, shard.nbytes / 1e6, time.time() - start)
     return shard
@@ -154,7 +167,8 @@ class _RecordShard(Shard):
     """Shared parsing of serialized TFDS records (ArrayRecord and streamed TFRecord)."""
 
     def __init__(self, builder, split, image_key, label_key, offset, max_num_examples):
-        self.num_classes = builder.info.features[label_key].num_classes
+        feature = describe_feature(builder.info.features[label_key])
+        self.num_classes, self.multi_label = feature.num_classes, feature.multi_label
         self.num_examples = num_examples(builder, split)
         self.max_num_examples = max_num_examples
         self._builder, self._split = builder, split
@@ -163,7 +177,10 @@ class _RecordShard(Shard):
     def _parse(self, record: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         example = self._builder.info.features.deserialize_example(
             record, decoders={self._image_key: tfds.decode.SkipDecoding()})
-        return example[self._image_key], tf.cast(example[self._label_key], tf.int32)
+        label = example[self._label_key]
+        if self.multi_label:
+            return example[self._image_key], multi_hot(label, self.num_classes)
+        return example[self._image_key], tf.cast(label, tf.int32)
 
     def decode(self, raw):
         return decode_image(raw)

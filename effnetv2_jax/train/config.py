@@ -36,7 +36,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.train_split = "train"
     c.data.eval_split = ""              # "" = "validation" if the dataset has it, else "test"
     c.data.image_key = "image"
-    c.data.label_key = "label"
+    c.data.label_key = "label"          # a ClassLabel, or Sequence(ClassLabel): multi-label
+    c.data.normalize_multi_hot = True   # multi-label targets: multi-hot / label count (paper 5.2)
     c.data.folder_root = ""             # image folder: root/<class>/<image>
     c.data.folder_eval_root = ""
     c.data.download = False             # let TFDS download (needs network; never implicit)
@@ -71,6 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.min_lr = 0.0
     c.train.weight_decay = 1e-5         # coupled L2 on kernels only
     c.train.label_smoothing = 0.1
+    c.train.loss = "softmax"            # softmax (cross-entropy) | sigmoid (binary, per class)
     c.train.grad_clip_norm = 0.0        # 0: off (official)
     c.train.ema_decay = 0.9999
     c.train.bn_mode = "global"          # global | per_device | groups
@@ -134,6 +136,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     from effnetv2_jax.train.optim import OPTIMIZERS, SCHEDULES  # noqa: PLC0415
     from effnetv2_jax.train.progressive import PRESETS  # noqa: PLC0415
     from effnetv2_jax.train.sharding import BN_MODES  # noqa: PLC0415
+    from effnetv2_jax.train.step import LOSSES  # noqa: PLC0415
 
     _choice(config, "mode", MODES)
     _choice(config, "model.name", list_models())
@@ -143,6 +146,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _choice(config, "data.augment", AUGMENTS)
     _choice(config, "train.optimizer", OPTIMIZERS)
     _choice(config, "train.lr_schedule", SCHEDULES)
+    _choice(config, "train.loss", LOSSES)
     _choice(config, "train.bn_mode", BN_MODES)
     _choice(config, "progressive.preset", PRESETS + ("custom",))
     for key in ("train.global_batch_size", "train.base_lr", "train.log_every_steps",

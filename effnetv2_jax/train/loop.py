@@ -160,7 +160,10 @@ def _abstract_batch(run: Run, size: int, batch: int, train: bool) -> dict:
     if train:
         return {"image": images, "label": jax.ShapeDtypeStruct(
             (batch, run.metadata["num_classes"]), jnp.float32, sharding=spec)}
-    return {"image": images, "label": jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=spec),
+    labels = (jax.ShapeDtypeStruct((batch, run.info.num_classes), jnp.float32, sharding=spec)
+              if run.info.multi_label else  # multi-hot targets, as in training
+              jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=spec))
+    return {"image": images, "label": labels,
             "mask": jax.ShapeDtypeStruct((batch,), jnp.bool_, sharding=spec)}
 
 
@@ -194,7 +197,7 @@ def compile_train_steps(run: Run) -> dict:
         step_fn = make_train_step(
             run.graphdef, run.tx, learning_rate=run.learning_rate, seed=config.seed,
             dropout_rate=stage.dropout_rate, label_smoothing=config.train.label_smoothing,
-            ema_max_decay=config.train.ema_decay)
+            ema_max_decay=config.train.ema_decay, loss_type=config.train.loss)
         start = time.perf_counter()
         compiled[key] = jax.jit(
             step_fn, in_shardings=(replicated, sharding.batch_sharded(run.mesh)),
@@ -212,7 +215,7 @@ def compile_eval_step(run: Run):
     replicated = sharding.replicated(run.mesh)
     eval_batch = run.config.eval.global_batch_size or run.config.train.global_batch_size
     start = time.perf_counter()
-    eval_step = jax.jit(make_eval_step(run.graphdef),
+    eval_step = jax.jit(make_eval_step(run.graphdef, loss_type=run.config.train.loss),
                         in_shardings=(replicated, sharding.batch_sharded(run.mesh)),
                         out_shardings=replicated).lower(
         abstract_like(run.state, replicated),

@@ -14,10 +14,32 @@ from flax import nnx
 
 from effnetv2_jax.train.state import TrainState, ema_decay, ema_update, merge_model
 
+LOSSES = ("softmax", "sigmoid")
+
+
+def classification_loss(logits: jax.Array, labels: jax.Array, loss_type: str,
+                        label_smoothing: float = 0.0) -> jax.Array:
+    """Per-example loss [batch] of logits and float32 targets [batch, classes].
+
+    "softmax": cross-entropy against a target distribution (one-hot, mixed, or a normalised
+    multi-hot), smoothed as the official code does: y * (1 - a) + a / classes.
+    "sigmoid": binary cross-entropy per class, averaged over classes like TF's
+    `sigmoid_cross_entropy` (official `loss_type='sigmoid'`, used for the published
+    ImageNet-21k weights) on 0/1 multi-hot targets, smoothed as TF does: y * (1 - a) + a / 2.
+    """
+    if loss_type == "softmax":
+        targets = optax.smooth_labels(labels, label_smoothing) if label_smoothing else labels
+        return optax.softmax_cross_entropy(logits, targets)
+    if loss_type == "sigmoid":
+        targets = labels * (1.0 - label_smoothing) + 0.5 * label_smoothing
+        return optax.sigmoid_binary_cross_entropy(logits, targets).mean(-1)
+    raise ValueError(f"unknown loss_type {loss_type!r} (valid: {', '.join(LOSSES)})")
+
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
                     learning_rate, seed: int, dropout_rate: float,
-                    label_smoothing: float = 0.1, ema_max_decay: float = 0.9999):
+                    label_smoothing: float = 0.1, ema_max_decay: float = 0.9999,
+                    loss_type: str = "softmax"):
     """Builds `train_step(state, batch) -> (state, metrics)`.
 
     batch: {"image": float32/bfloat16 [batch, size, size, 3] normalised,
@@ -34,9 +56,8 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
         def loss_fn(params):
             model = merge_model(graphdef, params, state.batch_stats)
             logits = model(batch["image"], train=True, key=key, dropout_rate=dropout_rate)
-            # Official: y * (1 - a) + a / K, after mixup/cutmix mixing.
-            targets = optax.smooth_labels(labels, label_smoothing) if label_smoothing else labels
-            loss = optax.softmax_cross_entropy(logits, targets).mean()
+            # Smoothing after mixup/cutmix mixing, as the official code does.
+            loss = classification_loss(logits, labels, loss_type, label_smoothing).mean()
             return loss, (logits, nnx.to_pure_dict(nnx.state(model, nnx.BatchStat)))
 
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -66,26 +87,36 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
     return train_step
 
 
-def make_eval_step(graphdef: nnx.GraphDef):
+def make_eval_step(graphdef: nnx.GraphDef, loss_type: str = "softmax"):
     """Builds `eval_step(state, batch) -> sums` for raw and EMA weights.
 
-    batch: {"image": [batch, size, size, 3], "label": int32 [batch], "mask": bool [batch]}
+    batch: {"image": [batch, size, size, 3], "label": int32 [batch] (one class per image) or
+    float32 [batch, classes] multi-hot targets (multi-label data), "mask": bool [batch]}
     (padded examples have mask False and count nowhere). Returns sums over the batch:
-    count, and for prefix in (raw, ema): {prefix}_loss, {prefix}_top1, {prefix}_top5.
+    count, and for prefix in (raw, ema): {prefix}_loss, {prefix}_top1, {prefix}_top5. With
+    multi-label targets a prediction is correct when it is one of the image's labels.
     """
 
     def eval_step(state: TrainState, batch):
         mask = batch["mask"].astype(jnp.float32)
-        labels = batch["label"].astype(jnp.int32)
+        multi_label = batch["label"].ndim == 2
         sums = {"count": mask.sum()}
         for prefix, params, stats in (("raw", state.params, state.batch_stats),
                                       ("ema", state.ema_params, state.ema_batch_stats)):
-            logits = merge_model(graphdef, params, stats)(batch["image"])
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+            logits = merge_model(graphdef, params, stats)(batch["image"]).astype(jnp.float32)
             top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+            if multi_label:
+                targets = batch["label"].astype(jnp.float32)
+                loss = classification_loss(logits, targets, loss_type)
+                hits = jnp.take_along_axis(targets, top5, axis=-1) > 0  # [batch, 5]
+            else:
+                labels = batch["label"].astype(jnp.int32)
+                loss = classification_loss(
+                    logits, jax.nn.one_hot(labels, logits.shape[-1]), loss_type)
+                hits = top5 == labels[:, None]
             sums[f"{prefix}_loss"] = (loss * mask).sum()
-            sums[f"{prefix}_top1"] = ((top5[:, 0] == labels) * mask).sum()
-            sums[f"{prefix}_top5"] = (jnp.any(top5 == labels[:, None], -1) * mask).sum()
+            sums[f"{prefix}_top1"] = (hits[:, 0] * mask).sum()
+            sums[f"{prefix}_top5"] = (jnp.any(hits, -1) * mask).sum()
         return sums
 
     return eval_step

@@ -52,3 +52,33 @@ class EffnetTestTiny(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _generate_examples(self, ids):
         for i in ids:
             yield i, {"image": flat_image(i), "label": i % NUM_CLASSES, "id": i}
+
+
+def multi_labels(example_id: int) -> list[int]:
+    """Classes of multi-label example `example_id`: 0 to 2 of the 4, some repeated, one empty."""
+    if example_id % 7 == 6:
+        return []
+    first = example_id % 4
+    return [first, (first + 1 + example_id % 3) % 4, first][: 1 + example_id % 3]
+
+
+class EffnetTestMultiLabel(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """30 train / 11 test flat images, 4 classes, `labels` = Sequence(ClassLabel) as in 21k."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self, features=tfds.features.FeaturesDict({
+                "image": tfds.features.Image(shape=(None, None, 3), encoding_format="png"),
+                "labels": tfds.features.Sequence(tfds.features.ClassLabel(num_classes=4)),
+                "id": tfds.features.Scalar(np.int64),
+            }))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(range(NUM_TRAIN)),
+                "test": self._generate_examples(range(NUM_TRAIN, NUM_TRAIN + NUM_TEST))}
+
+    def _generate_examples(self, ids):
+        for i in ids:
+            yield i, {"image": flat_image(i), "labels": multi_labels(i), "id": i}
