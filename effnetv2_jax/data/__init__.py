@@ -8,6 +8,7 @@
 | `sources.py`          | `dataset_info`, this process's part of a split, for any source  |
 | `tfds_source.py`, `folder_source.py`, `synthetic_source.py`, `digits_builder.py` | the sources |
 | `shard.py`            | the random-access / streaming interface every source provides   |
+| `labels.py`           | class ids or multi-hot (21k) labels -> training targets         |
 | `preprocess.py`       | crop, resize, flip, normalise (train and eval)                  |
 | `augment_ops.py`      | the 16 image ops; `randaugment.py`: RandAugment, AutoAugment v0 |
 | `mixing.py`           | mixup and CutMix                                                |
