@@ -1,0 +1,70 @@
+"""Command line: export a checkpoint for serving.
+
+    python -m effnetv2_jax.export --checkpoint DIR --format {savedmodel,jax_export,tflite} \
+        --output OUT [--batch N|dynamic] [--with-preprocessing] [--quantize] [--overwrite]
+
+Prints what it wrote (size, input and output specs). Exit status 1 on a bad argument, a missing
+checkpoint or an op that TFLite cannot convert (the message names it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
+    from effnetv2_jax.export.from_checkpoint import (FORMATS, PLATFORMS, export_checkpoint,
+                                                     parse_batch)
+
+    parser = argparse.ArgumentParser(prog="python -m effnetv2_jax.export",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True,
+                        help="workdir, converted checkpoint directory or step directory")
+    parser.add_argument("--format", required=True,
+                        help=f"one of {', '.join(FORMATS)}")
+    parser.add_argument("--output", required=True,
+                        help="SavedModel directory, or the .jax / .tflite file to write")
+    parser.add_argument("--batch", default="dynamic",
+                        help="fixed batch size, or 'dynamic' (default: any batch)")
+    parser.add_argument("--with-preprocessing", action="store_true",
+                        help="savedmodel/tflite: uint8 [batch, H, W, 3] images of any size in, "
+                             "the checkpoint's eval preprocessing, probabilities and top-k out")
+    parser.add_argument("--quantize", action="store_true",
+                        help="tflite: dynamic-range quantization (int8 weights)")
+    parser.add_argument("--top-k", type=int, default=5,
+                        help="classes in the top-k outputs (with --with-preprocessing)")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
+    parser.add_argument("--raw-weights", action="store_true",
+                        help="export the raw weights instead of the EMA copies")
+    parser.add_argument("--platforms", default="cpu",
+                        help=f"comma-separated platforms to lower for ({', '.join(PLATFORMS)}); "
+                             f"savedmodel and jax_export")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --output")
+    args = parser.parse_args(argv)
+    try:
+        report = export_checkpoint(
+            args.checkpoint, args.format, args.output, batch=parse_batch(args.batch),
+            with_preprocessing=args.with_preprocessing, quantize=args.quantize,
+            top_k=args.top_k, step=args.step, use_ema=not args.raw_weights,
+            platforms=[p.strip() for p in args.platforms.split(",") if p.strip()],
+            overwrite=args.overwrite)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except RuntimeError as error:
+        from effnetv2_jax.export.tflite import TFLiteConversionError
+
+        if not isinstance(error, TFLiteConversionError):
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
