@@ -14,7 +14,7 @@ from flax import nnx
 from effnetv2_jax.models.arch import ResolvedBlock
 from effnetv2_jax.models.block_spec import ConvType
 from effnetv2_jax.models.layers import (BatchNorm, Conv2D, DepthwiseConv2D, SqueezeExcite,
-                                        drop_path, get_activation)
+                                        drop_path)
 
 
 class _Block(nnx.Module):
@@ -64,15 +64,14 @@ class MBConv(_Block):
         self.project_bn = BatchNorm(block.out_channels, **bn)
 
     def __call__(self, x, *, train: bool = False, key: jax.Array | None = None):
-        act = get_activation(self.activation)
-        eval_bn = not train
+        bn = dict(use_running_average=not train, activation=self.activation)
         y = x
         if self.expand_conv is not None:
-            y = act(self.expand_bn(self.expand_conv(y), use_running_average=eval_bn))
-        y = act(self.depthwise_bn(self.depthwise_conv(y), use_running_average=eval_bn))
+            y = self.expand_bn(self.expand_conv(y), **bn)
+        y = self.depthwise_bn(self.depthwise_conv(y), **bn)
         if self.se is not None:
             y = self.se(y)
-        y = self.project_bn(self.project_conv(y), use_running_average=eval_bn)
+        y = self.project_bn(self.project_conv(y), use_running_average=not train)
         return self._finish(x, y, train, key)
 
 
@@ -108,16 +107,15 @@ class FusedMBConv(_Block):
             self.project_conv = self.project_bn = None
 
     def __call__(self, x, *, train: bool = False, key: jax.Array | None = None):
-        act = get_activation(self.activation)
-        eval_bn = not train
+        bn = dict(use_running_average=not train, activation=self.activation)
         if not self.has_expansion:
             y = self.se(x) if self.se is not None else x
-            y = act(self.fused_bn(self.fused_conv(y), use_running_average=eval_bn))
+            y = self.fused_bn(self.fused_conv(y), **bn)
             return self._finish(x, y, train, key)
-        y = act(self.fused_bn(self.fused_conv(x), use_running_average=eval_bn))
+        y = self.fused_bn(self.fused_conv(x), **bn)
         if self.se is not None:
             y = self.se(y)
-        y = self.project_bn(self.project_conv(y), use_running_average=eval_bn)
+        y = self.project_bn(self.project_conv(y), use_running_average=not train)
         return self._finish(x, y, train, key)
 
 

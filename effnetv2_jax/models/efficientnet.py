@@ -19,7 +19,13 @@ from flax import nnx
 from effnetv2_jax.models import conv_ops
 from effnetv2_jax.models.arch import ArchConfig, resolve_arch
 from effnetv2_jax.models.blocks import make_block
-from effnetv2_jax.models.layers import BatchNorm, Conv2D, Dense, get_activation
+from effnetv2_jax.models.layers import BatchNorm, Conv2D, Dense
+
+
+def _train_block(block, x, key):
+    """One block in training mode; a function of its inputs so `nnx.remat` can recompute it
+    (the BN running-average updates it makes are carried out of the remat as state)."""
+    return block(x, train=True, key=key)
 
 
 class EfficientNet(nnx.Module):
@@ -33,11 +39,15 @@ class EfficientNet(nnx.Module):
       dtype: compute dtype (float32, or bfloat16 for mixed precision). Parameters and BN
         statistics stay float32; logits are returned in float32.
       conv_impl: "xla" (reference; TPU/GPU), "cpu" (fast CPU path) or None/"auto" (by backend).
+      remat: in training, recompute each block's activations in the backward pass instead of
+        keeping them (`nnx.remat` per block): about one more forward pass of compute for a
+        peak memory of roughly the block inputs plus one block's activations. Eval ignores it.
       rngs: parameter initialisation keys.
     """
 
     def __init__(self, arch: ArchConfig, num_classes: int = 1000, *, include_top: bool = True,
-                 dtype=jnp.float32, conv_impl: str | None = None, rngs: nnx.Rngs):
+                 dtype=jnp.float32, conv_impl: str | None = None, remat: bool = False,
+                 rngs: nnx.Rngs):
         if include_top and (not isinstance(num_classes, int) or num_classes < 1):
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
         conv_impl = conv_ops.resolve_conv_impl(conv_impl)
@@ -47,6 +57,7 @@ class EfficientNet(nnx.Module):
         self.num_classes = num_classes if include_top else None
         self.dtype = dtype
         self.conv_impl = conv_impl
+        self.remat = bool(remat)
         self.dropout_rate = arch.dropout_rate
         bn = dict(momentum=arch.bn_momentum, epsilon=arch.bn_epsilon, dtype=dtype)
         stem_key, head_key, classifier_key, *block_keys = jax.random.split(
@@ -101,18 +112,20 @@ class EfficientNet(nnx.Module):
         head conv, BN and activation) and `pooled` ([batch, head_channels]).
         """
         self._check_input(images)
-        act = get_activation(self.arch.activation)
-        eval_bn = not train
+        bn = dict(use_running_average=not train, activation=self.arch.activation)
         endpoints = {}
-        x = act(self.stem_bn(self.stem_conv(images), use_running_average=eval_bn))
+        x = self.stem_bn(self.stem_conv(images), **bn)
         endpoints["stem"] = x
         reduction = 0
         for block in self.blocks:
-            x = block(x, train=train, key=key)
+            if train and self.remat:
+                x = nnx.remat(_train_block)(block, x, key)
+            else:
+                x = block(x, train=train, key=key)
             if block.index in self._endpoint_blocks:
                 reduction += 1
                 endpoints[f"reduction_{reduction}"] = x
-        x = act(self.head_bn(self.head_conv(x), use_running_average=eval_bn))
+        x = self.head_bn(self.head_conv(x), **bn)
         endpoints["head"] = x
         endpoints["pooled"] = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         return endpoints

@@ -33,7 +33,7 @@ def _resolve_dtype(dtype):
 
 def create_model(name_or_arch: str | ArchConfig, *, num_classes: int | None = None,
                  include_top: bool = True, dtype="float32", conv_impl: str | None = None,
-                 seed: int = 0, **overrides) -> EfficientNet:
+                 remat: bool = False, seed: int = 0, **overrides) -> EfficientNet:
     """Builds an EfficientNet.
 
     Args:
@@ -44,6 +44,8 @@ def create_model(name_or_arch: str | ArchConfig, *, num_classes: int | None = No
         `model.extract_endpoints(x)` for the feature maps at strides 2-32.
       dtype: compute dtype, "float32" or "bfloat16" (parameters stay float32).
       conv_impl: "xla", "cpu", or None for the backend's default (see `conv_ops`).
+      remat: recompute each block in the backward pass (less training memory, about a third
+        more compute); config key `model.remat`.
       seed: parameter initialisation seed.
       **overrides: any `ArchConfig` field, e.g. `block_strings=[...]`, `width=`, `depth=`,
         `dropout_rate=`, `survival_prob=`, `activation=`, `bn_momentum=`. An unknown name raises
@@ -57,7 +59,7 @@ def create_model(name_or_arch: str | ArchConfig, *, num_classes: int | None = No
     arch, _ = resolve_model_args(name_or_arch, overrides)
     return EfficientNet(arch, 1000 if num_classes is None else num_classes,
                         include_top=include_top, dtype=_resolve_dtype(dtype),
-                        conv_impl=conv_impl, rngs=nnx.Rngs(params=seed))
+                        conv_impl=conv_impl, remat=remat, rngs=nnx.Rngs(params=seed))
 
 
 def abstract_model(name_or_arch: str | ArchConfig, **kwargs) -> EfficientNet:
