@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness import RESULTS, bar_chart, load1, load_line, write_csv
+from step_harness import RESULTS, bar_chart, load1, load_line, write_csv
 
 QUICK_BLOCKS = ("r1_k3_s1_e1_i8_o8_c1", "r1_k3_s2_e4_i8_o16_se0.25")
 
@@ -38,7 +38,7 @@ def _worker(args) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     compilation_cache.set_cache_dir(args.cache_dir)
-    from harness import compile_train_step
+    from step_harness import compile_train_step
 
     from effnetv2_jax.models.arch import ArchConfig
     from effnetv2_jax.models.factory import resolve_model_args

@@ -32,7 +32,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from harness import RESULTS, bar_chart, load_line, memory_summary, write_csv
+from step_harness import RESULTS, bar_chart, load_line, memory_summary, write_csv
 
 from effnetv2_jax.models.factory import abstract_model
 from effnetv2_jax.train import progressive

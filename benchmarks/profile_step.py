@@ -26,7 +26,7 @@ from pathlib import Path
 
 import jax
 
-from harness import (RESULTS, bar_chart, compile_eval, compile_train_step, eval_runner,
+from step_harness import (RESULTS, bar_chart, compile_eval, compile_train_step, eval_runner,
                      load_line, train_runner, write_csv)
 
 _INSTR = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?metadata=\{([^}]*)\}")

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import jax
 
-from harness import (RESULTS, bar_chart, compile_train_step, load1, load_line, median,
+from step_harness import (RESULTS, bar_chart, compile_train_step, load1, load_line, median,
                      write_csv)
 
 from effnetv2_jax.train import progressive

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import jax
 
-from harness import (OPTIMIZERS, RESULTS, alternate, bar_chart, compile_eval, compile_train_step,
+from step_harness import (OPTIMIZERS, RESULTS, alternate, bar_chart, compile_eval, compile_train_step,
                      eval_runner, load1, load_line, matmul_peak, median, train_runner, write_csv)
 
 

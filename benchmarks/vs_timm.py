@@ -34,7 +34,7 @@ sys.modules.setdefault("triton", None)
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from harness import (OPTIMIZERS, RESULTS, alternate, bar_chart, compile_eval,  # noqa: E402
+from step_harness import (OPTIMIZERS, RESULTS, alternate, bar_chart, compile_eval,  # noqa: E402
                      compile_train_step, eval_runner, load1, load_line, median, train_runner,
                      write_csv)
 

@@ -12,7 +12,7 @@ v = -0.05. Output in the workdir: candidates.jsonl (every candidate), best_confi
 winner with the full quickstart recipe: `python -m effnetv2_jax.main
 --config=WORKDIR/best_config.py --workdir=...`), pareto.png.
 
-Measured with the command above (2 CPU cores shared with other jobs, load average ~10, so
+Expected (measured with the command above; 2 CPU cores shared with other jobs, load ~10, so
 the process got 34% of one core): 21 min wall, 443 s of CPU (user + sys), i.e. a few minutes
 on an idle 2-core machine. Most of each candidate is compiling its train step. It printed one
 line per candidate, then (S is inflated here by the load; on a quiet machine the quickstart's

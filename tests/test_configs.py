@@ -41,8 +41,8 @@ def parse_command_line(*args: str):
 
 
 def schedule(config) -> progressive.Schedule:
-    _, variant = resolve_model_args(config.model.name, loop._model_overrides(config))
-    return loop._schedule(config, variant)
+    _, variant = resolve_model_args(config.model.name, loop.model_overrides(config))
+    return loop.stage_schedule(config, variant)
 
 
 def stages(config, total_steps: int = 1000) -> list[progressive.Stage]:

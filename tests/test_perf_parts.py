@@ -101,7 +101,7 @@ def test_remat_is_a_training_switch_only():
 
 
 def test_harness_counts_flops_and_memory_without_allocating():
-    import harness
+    import step_harness as harness
 
     arch, _ = resolve_model_args("efficientnetv2-s", {"block_strings": BLOCKS[:1]})
     compiled, state, _ = harness.compile_train_step(arch, image_size=16, batch=2,

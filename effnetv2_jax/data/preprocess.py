@@ -66,10 +66,12 @@ def center_crop_window(height: tf.Tensor, width: tf.Tensor, size: int,
     """`(offset_y, offset_x, side)` of the eval centre crop, in pixels.
 
     side = `int(size / (size + crop_padding) * min(H, W))` computed in float32 as the official
-    code does; offsets `(H - side) // 2` (V2) or `(H - side + 1) // 2` (legacy bicubic).
+    code does, at least 1; offsets `(H - side) // 2` (V2) or `(H - side + 1) // 2` (legacy
+    bicubic).
     """
     ratio = tf.constant(size / (size + preprocess.crop_padding), tf.float32)
     side = tf.cast(ratio * tf.cast(tf.minimum(height, width), tf.float32), tf.int32)
+    side = tf.maximum(side, 1)  # tiny images (1x1, 10000x1): keep a pixel, never an empty crop
     round_up = 1 if preprocess.interpolation == "bicubic" else 0
     return (height - side + round_up) // 2, (width - side + round_up) // 2, side
 

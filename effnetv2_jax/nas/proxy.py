@@ -115,7 +115,7 @@ def _measure(config: ml_collections.ConfigDict, workdir: str,
         params = int(sum(np.size(x) for x in jax.tree.leaves(run.state.params)))
         size = run.stages[-1].image_size
         flops = count_flops(config.model.name, size, num_classes=run.metadata["num_classes"],
-                            **loop._model_overrides(config))  # noqa: SLF001 - one source of truth
+                            **loop.model_overrides(config))
         compiled = loop.compile_train_steps(run)
         seconds = time_train_step(run, compiled, timed_steps)
         return seconds, params, flops, run.total_steps

@@ -55,7 +55,9 @@ class Run:
     metadata: dict
 
 
-def _model_overrides(config) -> dict:
+def model_overrides(config) -> dict:
+    """The config's architecture overrides of its variant (what `create_model`,
+    `count_params` and `count_flops` take as keywords); unset values are left out."""
     m = config.model
     overrides = {"block_strings": tuple(m.block_strings) or None, "width": m.width or None,
                  "depth": m.depth or None, "feature_size": m.feature_size or None,
@@ -64,7 +66,8 @@ def _model_overrides(config) -> dict:
     return {k: v for k, v in overrides.items() if v is not None}
 
 
-def _schedule(config, variant) -> progressive.Schedule:
+def stage_schedule(config, variant) -> progressive.Schedule:
+    """The first and last stage's settings: the config's own ("custom") or a preset's."""
     p = config.progressive
     if p.preset == "custom":
         return progressive.Schedule(*(tuple(p[k]) for k in (
@@ -98,20 +101,26 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     sharding.check_batch_size(batch)
     eval_batch = config.eval.global_batch_size or batch
     sharding.check_batch_size(eval_batch, "eval.global_batch_size")
-    overrides = _model_overrides(config)
+    overrides = model_overrides(config)
     _, variant = resolve_model_args(config.model.name, overrides)
 
     data_config = inputs.data_config(config)
     info = data.dataset_info(data_config)
     num_classes = config.model.num_classes or info.num_classes
+    if num_classes != info.num_classes:
+        # The pipeline's one-hot labels have the data's width; the head would not match.
+        raise ValueError(f"config.model.num_classes={num_classes} but the data has "
+                         f"{info.num_classes} classes; set it to 0 (the data's count) or "
+                         f"{info.num_classes}")
     steps_per_epoch = info.num_train_examples / batch
     total_steps = config.train.num_steps or int(config.train.num_epochs * steps_per_epoch)
-    stages = progressive.make_stages(_schedule(config, variant), config.progressive.num_stages,
+    stages = progressive.make_stages(stage_schedule(config, variant), config.progressive.num_stages,
                                      total_steps)
 
     model = create_model(config.model.name, num_classes=num_classes, dtype=config.model.dtype,
                          conv_impl=None if config.model.conv_impl == "auto"
-                         else config.model.conv_impl, seed=config.seed, **overrides)
+                         else config.model.conv_impl, seed=config.seed,
+                         remat=config.model.remat, **overrides)
     model.set_bn_groups(sharding.bn_groups(config.train.bn_mode, config.train.bn_group_size))
     graphdef, params, batch_stats = split_model(model)
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
@@ -197,7 +206,8 @@ def compile_train_steps(run: Run) -> dict:
         step_fn = make_train_step(
             run.graphdef, run.tx, learning_rate=run.learning_rate, seed=config.seed,
             dropout_rate=stage.dropout_rate, label_smoothing=config.train.label_smoothing,
-            ema_max_decay=config.train.ema_decay, loss_type=config.train.loss)
+            ema_max_decay=config.train.ema_decay, loss_type=config.train.loss,
+            on_nonfinite=config.train.on_nonfinite)
         start = time.perf_counter()
         compiled[key] = jax.jit(
             step_fn, in_shardings=(replicated, sharding.batch_sharded(run.mesh)),
@@ -247,7 +257,11 @@ def run_evaluation(run: Run, eval_step, state: TrainState) -> dict[str, float]:
 
 
 class _Preemption:
-    """SIGTERM -> save at a step all processes agree on, then exit cleanly."""
+    """SIGTERM -> save at a step all processes agree on, then exit cleanly.
+
+    Installed before compilation, so a SIGTERM during start-up also ends the run with exit
+    code 0 (before the first step, with nothing new to save).
+    """
 
     def __init__(self):
         self.requested = False
@@ -269,14 +283,44 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self.previous)
 
 
-def _check_finite(state: TrainState, checkpointer: Checkpointer) -> None:
-    bad = int(jax.device_get(state.nonfinite_step))
-    if bad >= 0:
+class _FiniteCheck:
+    """Reads `state.nonfinite_step` (a host sync, so only at log and save steps).
+
+    on_nonfinite="stop": raises naming the first bad step; nothing after it is saved (the
+    train step stopped updating there). "skip": warns once per newly skipped step.
+    """
+
+    def __init__(self, on_nonfinite: str, checkpointer: Checkpointer):
+        self.on_nonfinite, self.checkpointer = on_nonfinite, checkpointer
+        self.reported = -1
+
+    def start(self, state: TrainState) -> TrainState:
+        """The state to train from. A restored step skipped under "skip" is history (already
+        reported); under "stop" it would freeze every update, so it is cleared."""
+        self.reported = int(jax.device_get(state.nonfinite_step))
+        if self.reported >= 0 and self.on_nonfinite == "stop":
+            logging.info("step %d was skipped as non-finite before this resume", self.reported)
+            self.reported = -1
+            state = state.replace(nonfinite_step=jax.device_put(
+                jnp.full_like(state.nonfinite_step, -1), state.nonfinite_step.sharding))
+        return state
+
+    def __call__(self, state: TrainState) -> None:
+        bad = int(jax.device_get(state.nonfinite_step))
+        if bad < 0 or bad == self.reported:
+            return
+        if self.on_nonfinite == "skip":
+            logging.warning("the loss or gradient was non-finite at step %d: its update was "
+                            "skipped (train.on_nonfinite=skip; the metric train/nonfinite "
+                            "counts skipped steps)", bad)
+            self.reported = bad
+            return
         raise FloatingPointError(
             f"the loss or gradient became non-finite at step {bad}; its update and all later "
             f"ones were skipped and nothing after it was saved. The last good checkpoint is "
-            f"step {checkpointer.latest_step()} in {checkpointer.directory}. Lower "
-            f"train.base_lr, set train.grad_clip_norm, or check the data.")
+            f"step {self.checkpointer.latest_step()} in {self.checkpointer.directory}. Lower "
+            f"train.base_lr, set train.grad_clip_norm, check the data, or set "
+            f"train.on_nonfinite=skip to skip such steps and continue.")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -287,31 +331,51 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     run = setup(config, workdir)
     if config.mode == "eval":
         return evaluate_run(run)
-    compiled = compile_train_steps(run)
-    eval_step = compile_eval_step(run) if config.mode == "train_and_eval" else None
-    state, checkpointer = run.state, run.checkpointer
+    preemption = _Preemption()
+    try:
+        return _train(run, workdir, preemption)
+    finally:
+        preemption.restore()
+
+
+def _train(run: Run, workdir: str, preemption: _Preemption) -> dict[str, float]:
+    config = run.config
+    try:
+        compiled = compile_train_steps(run)
+        eval_step = compile_eval_step(run) if config.mode == "train_and_eval" else None
+    except BaseException:
+        _close_quietly(run.checkpointer.close)
+        raise
+    checkpointer = run.checkpointer
+    check_finite = _FiniteCheck(config.train.on_nonfinite, checkpointer)
+    state = check_finite.start(run.state)
     start_step = int(jax.device_get(state.step))
     reporter = Reporter(workdir, total_steps=run.total_steps,
                         log_every_steps=config.train.log_every_steps,
                         global_batch_size=config.train.global_batch_size,
                         macs_per_image={s.image_size: count_flops(
-                            run.variant.name, s.image_size, **_model_overrides(config),
+                            run.variant.name, s.image_size, **model_overrides(config),
                             num_classes=run.metadata["num_classes"]) for s in run.stages},
                         profile_steps=config.train.profile_steps)
     reporter.parameter_overview(state.params)
-    preemption, iterator, stage, results = _Preemption(), None, None, {}
+    iterator, stage, results = None, None, {}
     evaluate_now = lambda step: config.mode == "train_and_eval" and (  # noqa: E731
         step == run.total_steps or step == progressive.stage_at(run.stages, step - 1).end_step
         or (config.eval.every_steps and step % config.eval.every_steps == 0))
 
     def save(step, metrics=None):
-        _check_finite(state, checkpointer)
+        check_finite(state)
         checkpointer.save(step, state, {**run.metadata, "step": step,
                                         "stage": progressive.stage_at(run.stages, step - 1).index},
                           metrics)
 
+    first_step = start_step
+    if preemption.requested and start_step < run.total_steps:
+        logging.warning("preempted during start-up: stopping before step %d (nothing new to "
+                        "save)", start_step)
+        first_step = run.total_steps
     try:
-        for step in range(start_step, run.total_steps):
+        for step in range(first_step, run.total_steps):
             if stage is None or step >= stage.end_step:
                 paused = time.perf_counter()
                 if iterator is not None:
@@ -335,10 +399,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             done = step + 1
             reporter.step_done(done, metrics, stage.image_size)
             if done % config.train.log_every_steps == 0:
-                _check_finite(state, checkpointer)
+                check_finite(state)
             if evaluate_now(done):
                 paused = time.perf_counter()
-                _check_finite(state, checkpointer)
+                check_finite(state)
                 results = run_evaluation(run, eval_step, state)
                 reporter.write(done, results)
                 save(done, {"ema_top1": results["eval/ema_top1"]})
@@ -350,14 +414,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 logging.warning("preempted: saved step %d, exiting", done)
                 break
         reporter.flush(run.total_steps, stage.image_size if stage else 0)
-    finally:
-        if iterator is not None:
-            iterator.close()
-        preemption.restore()
-        checkpointer.close()
-        reporter.close()
+    except BaseException:
+        # The error in flight is the one to report; a second one while closing (the same
+        # full disk) is only logged.
+        for close in (getattr(iterator, "close", None), checkpointer.close, reporter.close):
+            _close_quietly(close)
+        raise
+    if iterator is not None:
+        iterator.close()
+    checkpointer.close()  # waits for the last asynchronous save; raises if it failed
+    reporter.close()
     run.state = state
     return results
+
+
+def _close_quietly(close) -> None:
+    if close is None:
+        return
+    try:
+        close()
+    except Exception as error:  # noqa: BLE001 - secondary to the error being raised
+        logging.error("while stopping after an error: %s: %s", type(error).__name__, error)
 
 
 def evaluate_run(run: Run) -> dict[str, float]:

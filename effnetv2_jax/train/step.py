@@ -15,6 +15,7 @@ from flax import nnx
 from effnetv2_jax.train.state import TrainState, ema_decay, ema_update, merge_model
 
 LOSSES = ("softmax", "sigmoid")
+NONFINITE_ACTIONS = ("stop", "skip")  # train.on_nonfinite
 
 
 def classification_loss(logits: jax.Array, labels: jax.Array, loss_type: str,
@@ -39,15 +40,21 @@ def classification_loss(logits: jax.Array, labels: jax.Array, loss_type: str,
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
                     learning_rate, seed: int, dropout_rate: float,
                     label_smoothing: float = 0.1, ema_max_decay: float = 0.9999,
-                    loss_type: str = "softmax"):
+                    loss_type: str = "softmax", on_nonfinite: str = "stop"):
     """Builds `train_step(state, batch) -> (state, metrics)`.
 
     batch: {"image": float32/bfloat16 [batch, size, size, 3] normalised,
             "label": float32 [batch, classes] soft targets (mixup/cutmix already applied)}.
     The step's randomness is `fold_in(key(seed), step)`: a pure function of the global step,
     so an interrupted and resumed run draws exactly the same dropout and drop-path masks.
-    A non-finite loss or gradient norm skips the update and records the step.
+
+    A non-finite loss or gradient norm skips the update (metric "nonfinite" is 1 for that
+    step). on_nonfinite="stop" records the first such step in `state.nonfinite_step` and skips
+    every later update, so the state stays the last good one until the loop stops; "skip"
+    records the latest such step and applies the later finite updates.
     """
+    if on_nonfinite not in NONFINITE_ACTIONS:
+        raise ValueError(f"on_nonfinite={on_nonfinite!r} is not one of {NONFINITE_ACTIONS}")
 
     def train_step(state: TrainState, batch):
         key = jax.random.fold_in(jax.random.key(seed), state.step)
@@ -72,14 +79,17 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, *,
             ema_batch_stats=ema_update(state.ema_batch_stats, batch_stats, decay))
 
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        apply = finite & (state.nonfinite_step < 0) if on_nonfinite == "stop" else finite
+        # "stop" keeps the first bad step (the one to report); "skip" the latest.
+        first = (state.nonfinite_step < 0) if on_nonfinite == "stop" else ~finite
         skipped = state.replace(
             step=state.step + 1,
-            nonfinite_step=jnp.where(state.nonfinite_step < 0, state.step,
-                                     state.nonfinite_step))
-        new_state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), updated, skipped)
+            nonfinite_step=jnp.where(first, state.step, state.nonfinite_step))
+        new_state = jax.tree.map(lambda a, b: jnp.where(apply, a, b), updated, skipped)
 
         top1 = jnp.mean(jnp.argmax(logits, -1) == jnp.argmax(labels, -1))
         metrics = {"loss": loss, "top1": top1, "grad_norm": grad_norm,
+                   "nonfinite": 1.0 - finite.astype(jnp.float32),
                    "learning_rate": learning_rate(state.step) if callable(learning_rate)
                    else jnp.asarray(learning_rate, jnp.float32)}
         return new_state, metrics

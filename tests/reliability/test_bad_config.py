@@ -1,0 +1,38 @@
+"""Bad configs and block strings: every bad command-line override fails before anything is
+compiled, with a message naming the value, and never from deep inside JAX or TF."""
+
+import traceback
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+import harness
+from effnetv2_jax.train import loop
+
+DEEP = ("/jax/", "/jaxlib/", "/tensorflow/", "/flax/", "/optax/", "/orbax/")
+
+
+def parse(*overrides):
+    """The config exactly as `python -m effnetv2_jax.main --config=tests/configs/tiny.py ...`
+    builds it (lock_config=True, as main does)."""
+    argv = ["main", f"--config={harness.REPO / harness.TINY}", *overrides]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", flag_values=values, lock_config=True,
+                                    sys_argv=argv)
+    values(argv)
+    return values.config
+
+
+@pytest.mark.parametrize("override, named", harness.BAD_OVERRIDES)
+def test_bad_override_fails_early_naming_the_value(override, named, tmp_path, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(loop, "compile_train_steps", lambda run: compiled.append(run))
+    with pytest.raises(Exception) as error:  # noqa: PT011 - the type varies; the text matters
+        loop.setup(parse(override, "--config.checkpoint.compile_cache_dir=none"),
+                   str(tmp_path))
+    assert not compiled
+    message = str(error.value)
+    assert named in message, f"{override}: {type(error.value).__name__}: {message}"
+    innermost = traceback.extract_tb(error.value.__traceback__)[-1].filename
+    assert not any(part in innermost for part in DEEP), f"{override}: raised in {innermost}"
