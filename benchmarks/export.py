@@ -43,7 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import effnetv2_jax  # noqa: E402
 from effnetv2_jax import inference  # noqa: E402
-from effnetv2_jax.convert.writer import checkpoint_metadata, write_checkpoint  # noqa: E402
+from effnetv2_jax.convert.writer import (checkpoint_metadata, random_weights,  # noqa: E402
+                                         write_checkpoint)
 from effnetv2_jax.export import (EXPORT_CONV_IMPL, export_checkpoint,  # noqa: E402
                                  load_jax_export)
 from effnetv2_jax.export.tflite import TFLiteModel  # noqa: E402
@@ -60,13 +61,7 @@ def write_random_checkpoint(directory: str, model: str, overrides: dict,
     statistics, so the probabilities are not flat."""
     variant = effnetv2_jax.get_variant(model)
     abstract = effnetv2_jax.abstract_model(model, **overrides)
-    _, params, batch_stats = nnx.split(abstract, nnx.Param, nnx.BatchStat)
-    rng = np.random.RandomState(0)
-    params = jax.tree.map(
-        lambda x: (rng.normal(0, 1, x.shape) / np.sqrt(max(1, np.prod(x.shape[:-1]))))
-        .astype(np.float32), nnx.to_pure_dict(params))
-    batch_stats = jax.tree.map(lambda x: rng.uniform(0.5, 1.5, x.shape).astype(np.float32),
-                               nnx.to_pure_dict(batch_stats))
+    params, batch_stats = random_weights(abstract)
     metadata = checkpoint_metadata(variant, num_classes=abstract.num_classes, class_names=[],
                                    source="benchmarks/export.py (random weights)")
     metadata["model_overrides"] = overrides

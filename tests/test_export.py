@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 import skimage.data
 import tensorflow as tf
-from flax import nnx
 
 import effnetv2_jax
 from effnetv2_jax import inference
-from effnetv2_jax.convert.writer import checkpoint_metadata, write_checkpoint
+from effnetv2_jax.convert.writer import checkpoint_metadata, random_weights, write_checkpoint
 from effnetv2_jax.data.config import Preprocess
 from effnetv2_jax.data.preprocess import eval_image
 from effnetv2_jax.export import (export_checkpoint, export_function, inference_function,
@@ -45,13 +44,7 @@ PER_SHAPE = 8
 def checkpoint(tmp_path_factory):
     """A converted-layout checkpoint of a 2-block efficientnetv2-b0 (random weights)."""
     abstract = effnetv2_jax.abstract_model("efficientnetv2-b0", num_classes=10, **TINY)
-    _, params, batch_stats = nnx.split(abstract, nnx.Param, nnx.BatchStat)
-    rng = np.random.RandomState(0)
-    params = jax.tree.map(
-        lambda x: (rng.normal(0, 1, x.shape) / np.sqrt(max(1, np.prod(x.shape[:-1]))))
-        .astype(np.float32), nnx.to_pure_dict(params))
-    batch_stats = jax.tree.map(lambda x: rng.uniform(0.5, 1.5, x.shape).astype(np.float32),
-                               nnx.to_pure_dict(batch_stats))
+    params, batch_stats = random_weights(abstract)
     metadata = checkpoint_metadata(effnetv2_jax.get_variant("efficientnetv2-b0"),
                                    num_classes=10, class_names=CLASSES, source="test")
     metadata.update(model_overrides=TINY, train_size=SIZE, eval_size=SIZE)

@@ -108,3 +108,20 @@ def write_model(model, output_dir: str, *, model_name: str, class_names=(),
                                    class_names=list(class_names), **extra)
     return write_checkpoint(output_dir, to_numpy(params), to_numpy(batch_stats), metadata,
                             overwrite=overwrite)
+
+
+def random_weights(abstract_model, seed: int = 0) -> tuple[dict, dict]:
+    """Random, non-degenerate (params, batch_stats) pure dicts for an abstract model, filled by
+    numpy (no initialiser compiles, instant even for large variants): kernels N(0, 1/fan_in)
+    with fan_in = every axis but the last, BN statistics U(0.5, 1.5), so activations and
+    probabilities are not flat. For benchmarks and tests of checkpoint consumers."""
+    from flax import nnx  # noqa: PLC0415 (the writer itself needs no flax)
+
+    _, params, batch_stats = nnx.split(abstract_model, nnx.Param, nnx.BatchStat)
+    rng = np.random.RandomState(seed)
+    params = jax.tree.map(
+        lambda x: (rng.normal(0, 1, x.shape) / np.sqrt(max(1, np.prod(x.shape[:-1]))))
+        .astype(np.float32), nnx.to_pure_dict(params))
+    batch_stats = jax.tree.map(lambda x: rng.uniform(0.5, 1.5, x.shape).astype(np.float32),
+                               nnx.to_pure_dict(batch_stats))
+    return params, batch_stats

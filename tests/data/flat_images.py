@@ -62,10 +62,8 @@ def multi_labels(example_id: int) -> list[int]:
     return [first, (first + 1 + example_id % 3) % 4, first][: 1 + example_id % 3]
 
 
-class EffnetTestMultiLabel(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """30 train / 11 test flat images, 4 classes, `labels` = Sequence(ClassLabel) as in 21k."""
-
-    VERSION = tfds.core.Version("1.0.0")
+class EffnetTestMultiLabel(EffnetTestTiny, skip_registration=True):
+    """EffnetTestTiny's images with 4 classes, `labels` = Sequence(ClassLabel) as in 21k."""
 
     def _info(self):
         return tfds.core.DatasetInfo(
@@ -74,10 +72,6 @@ class EffnetTestMultiLabel(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
                 "labels": tfds.features.Sequence(tfds.features.ClassLabel(num_classes=4)),
                 "id": tfds.features.Scalar(np.int64),
             }))
-
-    def _split_generators(self, dl_manager):
-        return {"train": self._generate_examples(range(NUM_TRAIN)),
-                "test": self._generate_examples(range(NUM_TRAIN, NUM_TRAIN + NUM_TEST))}
 
     def _generate_examples(self, ids):
         for i in ids:
