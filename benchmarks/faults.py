@@ -90,8 +90,8 @@ def kill_anywhere(root: Path, cache: str, reference, runs: int, run_seconds: flo
             if resumed is not None:
                 resumes += 1
                 lost.append(last_logged - resumed)
-            steps = harness.logged_steps(log)
-            last_logged = max(steps) if steps else (resumed or 0)
+            # Steps lost = the furthest step finished so far - the step the restart resumed.
+            last_logged = max([last_logged, resumed or 0, *harness.logged_steps(log)])
             if code == -signal.SIGKILL:
                 kills += 1
                 phase = phase_at_kill(log)
@@ -178,8 +178,8 @@ def damaged_checkpoints(root: Path, cache: str, reference_dir: Path):
     newest = harness.saved_steps(reference_dir)[-1]
     rows = []
 
-    def restore():
-        directory = root / "damaged" / "checkpoints"
+    def restore(directory=None):
+        directory = directory or root / "damaged" / "checkpoints"
         checkpointer = Checkpointer(str(directory))
         try:
             _, _, step = checkpointer.restore(target)
@@ -205,25 +205,29 @@ def damaged_checkpoints(root: Path, cache: str, reference_dir: Path):
     census = {"caught by TensorStore": 0, "caught by the checksums": 0,
               "harmless (restored exactly)": 0, "WRONG VALUES restored": 0,
               "would be wrong without the checksums": 0}
-    step_dir = root / "damaged" / "checkpoints" / str(newest)
     files = sorted(p.relative_to(reference_dir / "checkpoints" / str(newest)) for p in
                    (reference_dir / "checkpoints" / str(newest)).glob("state/**/d/*"))
+    flip = 0
     for relative in files:
         size = (reference_dir / "checkpoints" / str(newest) / relative).stat().st_size
         for position in np.linspace(0, size - 1, 12).astype(int):
-            shutil.rmtree(root / "damaged", ignore_errors=True)
-            shutil.copytree(reference_dir / "checkpoints", root / "damaged" / "checkpoints")
-            path = step_dir / relative
+            # A new directory each time: TensorStore caches what it read, per path.
+            flip += 1
+            copy = root / "flips" / str(flip)
+            shutil.copytree(reference_dir / "checkpoints", copy / "checkpoints")
+            path = copy / "checkpoints" / str(newest) / relative
             data = bytearray(path.read_bytes())
             data[position] ^= 0x5A
             path.write_bytes(bytes(data))
             try:
-                plain = harness.final_state(root / "damaged", newest)  # no checksum check
+                plain = harness.final_state(copy, newest)  # Orbax alone, no checksum check
                 silent = bool(harness.mismatching_arrays(reference_tree, plain))
             except Exception:  # noqa: BLE001
                 census["caught by TensorStore"] += 1
+                shutil.rmtree(copy, ignore_errors=True)
                 continue
-            step = restore()
+            step = restore(copy / "checkpoints")
+            shutil.rmtree(copy, ignore_errors=True)
             if step != newest:
                 census["caught by the checksums"] += 1
             elif silent:
@@ -305,6 +309,8 @@ def main() -> None:
     parser.add_argument("--preemptions", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default="/tmp/effnetv2_faults")
+    parser.add_argument("--only", default="", help="comma-separated sections: kill, term, "
+                        "checkpoints, disk, images, configs (default: all)")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     root = Path(args.workdir)
@@ -323,6 +329,22 @@ def main() -> None:
     assert not harness.mismatching_arrays(reference, harness.final_state(root / "warm"))
     print(f"uninterrupted run: {cold:.0f} s cold, {warm:.0f} s with the compilation cache")
 
+    only = set(filter(None, args.only.split(",")))
+    if only:  # a partial run prints its sections' tables, no summary
+        sections = {"kill": lambda: kill_anywhere(root, cache, reference, args.runs, warm, rng),
+                    "term": lambda: preemption(root, cache, reference, args.preemptions, warm,
+                                               rng),
+                    "checkpoints": lambda: damaged_checkpoints(root, cache, root / "reference"),
+                    "disk": lambda: disk_trouble(root, cache), "images": lambda: bad_data(root),
+                    "configs": lambda: bad_configs(root)}
+        for name in sorted(only):
+            result = sections[name]()
+            if name == "kill":
+                print(f"\nruns {result['runs']}, kills {result['kills']}, resumes "
+                      f"{result['resumes']}, mismatches {result['mismatches']}, steps lost "
+                      f"per kill: max {max(result['lost'] or [0])}, mean "
+                      f"{sum(result['lost']) / max(len(result['lost']), 1):.2f}")
+        return
     kills = kill_anywhere(root, cache, reference, args.runs, warm, rng)
     terms = preemption(root, cache, reference, args.preemptions, warm, rng)
     _, census = damaged_checkpoints(root, cache, root / "reference")

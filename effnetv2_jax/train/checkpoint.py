@@ -11,9 +11,9 @@ silently starts again from scratch. Three checks run before a step is accepted:
 - its array tree must match the model's (a checkpoint of another model or shape is refused
   naming the first mismatching array, before any data is read);
 - Orbax/TensorStore must read every array (truncated, deleted or unreadable files);
-- every array must match the checksum saved with it in the metadata, because a flipped byte
-  inside an OCDBT data file otherwise restores silently as a wrong value (measured: 8 of 96
-  single-byte flips restored silently as wrong values before the checksums).
+- every array must match the checksum saved with it in the metadata: TensorStore catches
+  damage to the bytes it reads, but not a wrong value stored as valid data (a faulty writer
+  or copy tool, or a store without its own checksums).
 A save that fails (disk full, read-only workdir) raises `CheckpointSaveError` naming the step,
 the directory and the cause; the steps saved before it are left as they were.
 """
