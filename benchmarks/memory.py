@@ -81,6 +81,8 @@ def main(argv=None):
     p.add_argument("--hw", default="tpu_v5e_32", choices=sorted(CHIPS))
     p.add_argument("--models", default="s,m,l", help="comma-separated: s, m, l")
     p.add_argument("--remat", default="l", help="models also compiled with model.remat")
+    p.add_argument("--remat-only", action="store_true",
+                   help="compile only the remat variant of the --remat models")
     p.add_argument("--conv-impl", default="xla", help="xla (the TPU path) or cpu")
     p.add_argument("--stages", default="", help="comma-separated stage indices (default: all)")
     p.add_argument("--quick", action="store_true", help="smoke run: S, first stage, batch 2")
@@ -105,7 +107,10 @@ def main(argv=None):
         if args.quick:
             stages, per_chip = stages[:1], 2
         for stage in stages:
-            for remat in (False, True) if name in args.remat.split(",") else (False,):
+            variants = (False, True) if name in args.remat.split(",") else (False,)
+            if args.remat_only:
+                variants = tuple(v for v in variants if v)
+            for remat in variants:
                 memory, seconds = step_memory(config, stage.image_size, per_chip, remat=remat,
                                               conv_impl=args.conv_impl)
                 peak_gib, temp_gib = memory["peak_mib"] / 1024, memory["temp_mib"] / 1024
@@ -121,12 +126,13 @@ def main(argv=None):
     print(load_line(), flush=True)
     out = Path(args.out)
     write_csv(rows, out / "memory.csv")
-    labels = [f"{r['model'][-1].upper()} {r['image_size']}px" for r in rows if not r["remat"]]
-    by_remat = {(r["model"], r["image_size"]): r["peak_gib"] for r in rows if r["remat"]}
-    series = {"peak GiB": [r["peak_gib"] for r in rows if not r["remat"]]}
-    if by_remat:
-        series["peak GiB, remat"] = [by_remat.get((r["model"], r["image_size"]), float("nan"))
-                                     for r in rows if not r["remat"]]
+    keys = list(dict.fromkeys((r["model"], r["image_size"]) for r in rows))
+    labels = [f"{model[-1].upper()} {size}px" for model, size in keys]
+    peaks = {(r["model"], r["image_size"], r["remat"]): r["peak_gib"] for r in rows}
+    series = {}
+    for remat, name in ((False, "peak GiB"), (True, "peak GiB, remat")):
+        if any(r["remat"] == remat for r in rows):
+            series[name] = [peaks.get((*key, remat), float("nan")) for key in keys]
     bar_chart(out / "memory.png", labels, series, ylabel="GiB per chip",
               title=f"train step peak memory per progressive stage ({args.hw}, "
                     f"CPU memory_analysis)", hline=(gib, f"{gib} GiB chip"))

@@ -20,8 +20,9 @@ from effnetv2_jax.train.state import merge_model, split_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-# Small, but deep enough that the saved activations dominate the memory.
 BLOCKS = ("r2_k3_s1_e1_i8_o8_c1", "r1_k3_s2_e4_i8_o16", "r1_k3_s2_e4_i16_o16_se0.25")
+# Small, but deep enough at full resolution that the saved activations dominate the memory.
+DEEP_BLOCKS = ("r3_k3_s1_e1_i8_o8_c1", "r3_k3_s1_e4_i8_o16_se0.25")
 
 
 def _bn_act_autodiff(x, scale, bias, groups, epsilon, activation):
@@ -56,8 +57,8 @@ def test_fused_batch_norm_gradient_matches_autodiff(groups, activation):
 
 
 def _loss_and_grad(remat: bool):
-    model = create_model("efficientnetv2-s", block_strings=BLOCKS[:2], num_classes=10,
-                         conv_impl="xla", remat=remat, seed=3)
+    model = create_model("efficientnetv2-s", block_strings=DEEP_BLOCKS, feature_size=32,
+                         num_classes=10, conv_impl="xla", remat=remat, seed=3)
     graphdef, params, stats = split_model(model)
 
     def loss_fn(params, images, labels, key):
@@ -84,9 +85,10 @@ def test_remat_same_numbers_less_memory():
     for a, b in zip(jax.tree.leaves(stats_r), jax.tree.leaves(stats)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert any(float(jnp.max(jnp.abs(g))) > 0 for g in jax.tree.leaves(grads))
-    if memory is not None:
-        assert memory_r.temp_size_in_bytes < memory.temp_size_in_bytes, (
-            memory_r.temp_size_in_bytes, memory.temp_size_in_bytes)
+    # Really less: 0.44x here. (With jax.checkpoint alone XLA:CPU merged the recomputation
+    # back into the forward pass and saved nothing; see models/remat.py.)
+    assert memory_r.temp_size_in_bytes < 0.6 * memory.temp_size_in_bytes, (
+        memory_r.temp_size_in_bytes, memory.temp_size_in_bytes)
 
 
 def test_remat_is_a_training_switch_only():

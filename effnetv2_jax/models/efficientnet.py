@@ -20,12 +20,7 @@ from effnetv2_jax.models import conv_ops
 from effnetv2_jax.models.arch import ArchConfig, resolve_arch
 from effnetv2_jax.models.blocks import make_block
 from effnetv2_jax.models.layers import BatchNorm, Conv2D, Dense
-
-
-def _train_block(block, x, key):
-    """One block in training mode; a function of its inputs so `nnx.remat` can recompute it
-    (the BN running-average updates it makes are carried out of the remat as state)."""
-    return block(x, train=True, key=key)
+from effnetv2_jax.models.remat import remat_call
 
 
 class EfficientNet(nnx.Module):
@@ -40,7 +35,7 @@ class EfficientNet(nnx.Module):
         statistics stay float32; logits are returned in float32.
       conv_impl: "xla" (reference; TPU/GPU), "cpu" (fast CPU path) or None/"auto" (by backend).
       remat: in training, recompute each block's activations in the backward pass instead of
-        keeping them (`nnx.remat` per block): about one more forward pass of compute for a
+        keeping them (`models.remat.remat_call` per block): about one more forward pass of compute for a
         peak memory of roughly the block inputs plus one block's activations. Eval ignores it.
       rngs: parameter initialisation keys.
     """
@@ -119,7 +114,7 @@ class EfficientNet(nnx.Module):
         reduction = 0
         for block in self.blocks:
             if train and self.remat:
-                x = nnx.remat(_train_block)(block, x, key)
+                x = remat_call(block, x, key, train=True)
             else:
                 x = block(x, train=train, key=key)
             if block.index in self._endpoint_blocks:
