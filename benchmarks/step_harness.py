@@ -27,6 +27,7 @@ from convs import _interleaved_medians  # noqa: E402
 
 from effnetv2_jax.models.counting import count_flops  # noqa: E402
 from effnetv2_jax.models.factory import abstract_model, create_model  # noqa: E402
+from effnetv2_jax.train import exported_steps  # noqa: E402
 from effnetv2_jax.train.state import merge_model, split_model  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -103,6 +104,16 @@ def _aot(fn, args, donate: tuple[int, ...] = ()) -> tuple[object, float, float]:
     return compiled, traced - start, time.perf_counter() - traced
 
 
+def _aot_exported(fn, args, cache_dir: str) -> tuple[object, float, float]:
+    """As `_aot`, through the training loop's stored traces (train/exported_steps.py): the
+    time is all reported as compile seconds (trace NaN), since a stored trace skips tracing."""
+    start = time.perf_counter()
+    compiled, _ = exported_steps.compile_step(fn, args, name="bench_train", description={},
+                                              out_sharding=None, donate_first=True,
+                                              cache_dir=cache_dir)
+    return compiled, float("nan"), time.perf_counter() - start
+
+
 def _model_and_state(variant, *, abstract, **model_kwargs):
     make = abstract_model if abstract else create_model
     model = make(variant, **model_kwargs)
@@ -112,13 +123,15 @@ def _model_and_state(variant, *, abstract, **model_kwargs):
 def compile_train_step(variant: str = "efficientnetv2-s", *, image_size: int, batch: int,
                        dtype: str = "float32", conv_impl: str = "cpu", optimizer: str = "sgd",
                        remat: bool = False, num_classes: int = 1000, abstract: bool = False,
-                       seed: int = 0):
+                       seed: int = 0, exported_cache_dir: str | None = None):
     """An SGD/RMSProp train step (train-mode forward with BN batch statistics, dropout and
     drop-path; softmax cross-entropy; backward; optimizer update), the state donated.
 
     Returns `(Compiled, state, batch)`, where `compiled.fn(state, images, labels, key) ->
     (state, loss)`; state and batch are concrete arrays unless `abstract` (then
-    ShapeDtypeStructs: compile and analyse only, nothing allocated). images: [batch,
+    ShapeDtypeStructs: compile and analyse only, nothing allocated). With
+    `exported_cache_dir` the step is compiled as the training loop compiles it, through a
+    stored trace in that folder. images: [batch,
     image_size, image_size, 3] in `dtype`, labels int32 [batch].
     """
     kwargs = dict(num_classes=num_classes, dtype=dtype, conv_impl=conv_impl, seed=seed)
@@ -152,7 +165,11 @@ def compile_train_step(variant: str = "efficientnetv2-s", *, image_size: int, ba
         labels = jnp.asarray(rng.integers(0, num_classes, batch), jnp.int32)
         key = jax.random.PRNGKey(seed)
     state = (params, batch_stats, opt_state)
-    fn, trace_s, compile_s = _aot(step, (state, images, labels, key), donate=(0,))
+    if exported_cache_dir:
+        fn, trace_s, compile_s = _aot_exported(step, (state, images, labels, key),
+                                               exported_cache_dir)
+    else:
+        fn, trace_s, compile_s = _aot(step, (state, images, labels, key), donate=(0,))
     flops = 3 * 2 * count_flops(variant, image_size, num_classes=num_classes)
     return Compiled(fn, trace_s, compile_s, flops, memory_summary(fn)), state, (images, labels)
 

@@ -25,7 +25,7 @@ from jax.experimental.compilation_cache import compilation_cache
 from effnetv2_jax import data
 from effnetv2_jax.models.counting import count_flops
 from effnetv2_jax.models.factory import create_model, resolve_model_args
-from effnetv2_jax.train import inputs, progressive, sharding
+from effnetv2_jax.train import exported_steps, inputs, progressive, sharding
 from effnetv2_jax.train.checkpoint import Checkpointer, abstract_like, warm_start
 from effnetv2_jax.train.config import validate
 from effnetv2_jax.train.optim import learning_rate_schedule, make_optimizer
@@ -53,6 +53,7 @@ class Run:
     eval_size: int
     checkpointer: Checkpointer
     metadata: dict
+    compile_cache_dir: str | None = None  # also holds the exported steps (exported_steps.py)
 
 
 def model_overrides(config) -> dict:
@@ -75,18 +76,20 @@ def stage_schedule(config, variant) -> progressive.Schedule:
     return progressive.preset(variant.name, p.preset, p.num_stages)
 
 
-def _enable_compile_cache(config, workdir: str) -> None:
+def _enable_compile_cache(config, workdir: str) -> str | None:
     """JAX's persistent compilation cache in the workdir (or `checkpoint.compile_cache_dir`,
-    e.g. a bucket shared by a pod), so a restarted run does not compile again."""
+    e.g. a bucket shared by a pod), so a restarted run does not compile again. Returns the
+    folder (None when the config says "none"); the exported steps live there too."""
     path = config.checkpoint.compile_cache_dir
     if path == "none":
-        return
+        return None
     path = path or os.path.join(os.path.abspath(workdir), "compile_cache")
     if jax.config.jax_compilation_cache_dir != path:
         # reset_cache makes the new directory take effect even after earlier compilations
         # in this process (a notebook, a test session).
         compilation_cache.reset_cache()
         compilation_cache.set_cache_dir(path)
+    return path
 
 
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
@@ -96,7 +99,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     sharding.initialize_distributed(config.distributed.coordinator_address,
                                     config.distributed.num_processes,
                                     config.distributed.process_id)
-    _enable_compile_cache(config, workdir)
+    compile_cache_dir = _enable_compile_cache(config, workdir)
     batch = config.train.global_batch_size
     sharding.check_batch_size(batch)
     eval_batch = config.eval.global_batch_size or batch
@@ -160,7 +163,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
                learning_rate=learning_rate, info=info, data_config=data_config,
                preprocess=pre, stages=stages, total_steps=total_steps,
                eval_size=config.eval.image_size or variant.eval_size,
-               checkpointer=checkpointer, metadata=metadata)
+               checkpointer=checkpointer, metadata=metadata,
+               compile_cache_dir=compile_cache_dir)
 
 
 def _abstract_batch(run: Run, size: int, batch: int, train: bool) -> dict:
@@ -193,6 +197,13 @@ def _check_fits(name: str, compiled) -> None:
                           f"stage's image size, or use model.dtype=bfloat16")
 
 
+def _step_description(run: Run, **stage) -> dict:
+    """What a traced step depends on beyond the sources and argument shapes (see
+    `exported_steps.step_key`): the whole config, the data's sizes and the stage."""
+    return {"metadata": run.metadata, "num_train_examples": run.info.num_train_examples,
+            "total_steps": run.total_steps, **stage}
+
+
 def compile_train_steps(run: Run) -> dict:
     """Compiles one train step per distinct (image size, dropout) of the stages, ahead of time,
     so a stage that cannot fit fails at start-up rather than hours later."""
@@ -209,14 +220,16 @@ def compile_train_steps(run: Run) -> dict:
             ema_max_decay=config.train.ema_decay, loss_type=config.train.loss,
             on_nonfinite=config.train.on_nonfinite)
         start = time.perf_counter()
-        compiled[key] = jax.jit(
-            step_fn, in_shardings=(replicated, sharding.batch_sharded(run.mesh)),
-            out_shardings=(replicated, replicated), donate_argnums=0).lower(
-            abstract_state, _abstract_batch(run, stage.image_size,
-                                            config.train.global_batch_size, True)).compile()
-        logging.info("stage %d (%d px, dropout %.3f): train step compiled in %.1f s",
+        compiled[key], stored = exported_steps.compile_step(
+            step_fn, (abstract_state, _abstract_batch(run, stage.image_size,
+                                                      config.train.global_batch_size, True)),
+            name=f"train_{stage.image_size}px", out_sharding=replicated, donate_first=True,
+            description=_step_description(run, image_size=stage.image_size,
+                                          dropout_rate=stage.dropout_rate),
+            cache_dir=run.compile_cache_dir)
+        logging.info("stage %d (%d px, dropout %.3f): train step compiled in %.1f s%s",
                      stage.index, stage.image_size, stage.dropout_rate,
-                     time.perf_counter() - start)
+                     time.perf_counter() - start, " (stored trace)" if stored else "")
         _check_fits(f"train step {stage.image_size} px", compiled[key])
     return compiled
 
@@ -225,13 +238,15 @@ def compile_eval_step(run: Run):
     replicated = sharding.replicated(run.mesh)
     eval_batch = run.config.eval.global_batch_size or run.config.train.global_batch_size
     start = time.perf_counter()
-    eval_step = jax.jit(make_eval_step(run.graphdef, loss_type=run.config.train.loss),
-                        in_shardings=(replicated, sharding.batch_sharded(run.mesh)),
-                        out_shardings=replicated).lower(
-        abstract_like(run.state, replicated),
-        _abstract_batch(run, run.eval_size, eval_batch, False)).compile()
-    logging.info("eval step (%d px) compiled in %.1f s", run.eval_size,
-                 time.perf_counter() - start)
+    eval_step, stored = exported_steps.compile_step(
+        make_eval_step(run.graphdef, loss_type=run.config.train.loss),
+        (abstract_like(run.state, replicated),
+         _abstract_batch(run, run.eval_size, eval_batch, False)),
+        name=f"eval_{run.eval_size}px", out_sharding=replicated, donate_first=False,
+        description=_step_description(run, eval_size=run.eval_size, eval_batch=eval_batch),
+        cache_dir=run.compile_cache_dir)
+    logging.info("eval step (%d px) compiled in %.1f s%s", run.eval_size,
+                 time.perf_counter() - start, " (stored trace)" if stored else "")
     _check_fits(f"eval step {run.eval_size} px", eval_step)
     return eval_step
 

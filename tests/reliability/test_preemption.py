@@ -23,6 +23,10 @@ def finish_and_compare(tmp_path, compile_cache, reference, caplog, expect_resume
     loop.train_and_evaluate(tiny_config(compile_cache), str(tmp_path))
     resumed = [r.getMessage() for r in caplog.records if "resumed from step" in r.getMessage()]
     assert resumed and resumed[0].startswith(f"resumed from step {expect_resume} "), resumed
+    # The restart compiled from the traces stored by earlier runs (train/exported_steps.py)
+    # and still ends bitwise equal to the uninterrupted run.
+    compiles = [r.getMessage() for r in caplog.records if "step compiled in" in r.getMessage()]
+    assert compiles and all("(stored trace)" in m for m in compiles), compiles
     assert harness.mismatching_arrays(reference[1], harness.final_state(tmp_path)) == []
 
 
