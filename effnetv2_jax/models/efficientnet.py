@@ -35,8 +35,9 @@ class EfficientNet(nnx.Module):
         statistics stay float32; logits are returned in float32.
       conv_impl: "xla" (reference; TPU/GPU), "cpu" (fast CPU path) or None/"auto" (by backend).
       remat: in training, recompute each block's activations in the backward pass instead of
-        keeping them (`models.remat.remat_call` per block): about one more forward pass of compute for a
-        peak memory of roughly the block inputs plus one block's activations. Eval ignores it.
+        keeping them (`models.remat.remat_call` per block): about one more forward pass of
+        compute for a peak memory of roughly the block inputs plus one block's activations
+        (V2-L, 384 px, 128 per chip, bf16: 13.6 instead of 173.6 GiB). Eval ignores it.
       rngs: parameter initialisation keys.
     """
 
