@@ -106,7 +106,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint.keep_latest = 3
     c.checkpoint.keep_best = 1
     c.checkpoint.async_save = True
-    c.checkpoint.compile_cache_dir = ""  # "" : <workdir>/compile_cache; "none" disables
+    # "" : <workdir>/compile_cache (executables, and stored traces so restarts skip tracing);
+    # "none" disables both
+    c.checkpoint.compile_cache_dir = ""
 
     c.distributed = ml_collections.ConfigDict()
     c.distributed.coordinator_address = ""   # host:port; empty = single process (or Cloud TPU)
