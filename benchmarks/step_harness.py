@@ -121,7 +121,9 @@ def _model_and_state(variant, *, abstract, **model_kwargs):
 
 
 def compile_train_step(variant: str = "efficientnetv2-s", *, image_size: int, batch: int,
-                       exported_cache_dir: str | None = None, **kwargs):
+                       dtype: str = "float32", conv_impl: str = "cpu", optimizer: str = "sgd",
+                       remat: bool = False, num_classes: int = 1000, abstract: bool = False,
+                       seed: int = 0, exported_cache_dir: str | None = None):
     """An SGD/RMSProp train step (train-mode forward with BN batch statistics, dropout and
     drop-path; softmax cross-entropy; backward; optimizer update), the state donated.
 
@@ -130,25 +132,7 @@ def compile_train_step(variant: str = "efficientnetv2-s", *, image_size: int, ba
     ShapeDtypeStructs: compile and analyse only, nothing allocated). images: [batch,
     image_size, image_size, 3] in `dtype`, labels int32 [batch]. With `exported_cache_dir` the
     step is compiled as the training loop compiles it, through a stored trace in that folder.
-    Keyword arguments: those of `train_step`.
     """
-    step, args = train_step(variant, image_size=image_size, batch=batch, **kwargs)
-    if exported_cache_dir:
-        fn, trace_s, compile_s = _aot_exported(step, args, exported_cache_dir)
-    else:
-        fn, trace_s, compile_s = _aot(step, args, donate=(0,))
-    flops = 3 * 2 * count_flops(variant, image_size,
-                                num_classes=kwargs.get("num_classes", 1000))
-    state, images, labels, _ = args
-    return Compiled(fn, trace_s, compile_s, flops, memory_summary(fn)), state, (images, labels)
-
-
-def train_step(variant: str = "efficientnetv2-s", *, image_size: int, batch: int,
-               dtype: str = "float32", conv_impl: str = "cpu", optimizer: str = "sgd",
-               remat: bool = False, num_classes: int = 1000, abstract: bool = False,
-               seed: int = 0):
-    """`(step, (state, images, labels, key))`: the uncompiled train step and its arguments
-    (see `compile_train_step`)."""
     kwargs = dict(num_classes=num_classes, dtype=dtype, conv_impl=conv_impl, seed=seed)
     if remat:
         kwargs["remat"] = True
@@ -179,7 +163,14 @@ def train_step(variant: str = "efficientnetv2-s", *, image_size: int, batch: int
         images = jnp.asarray(rng.standard_normal(shapes[0][0]), image_dtype)
         labels = jnp.asarray(rng.integers(0, num_classes, batch), jnp.int32)
         key = jax.random.PRNGKey(seed)
-    return step, ((params, batch_stats, opt_state), images, labels, key)
+    state = (params, batch_stats, opt_state)
+    if exported_cache_dir:
+        fn, trace_s, compile_s = _aot_exported(step, (state, images, labels, key),
+                                               exported_cache_dir)
+    else:
+        fn, trace_s, compile_s = _aot(step, (state, images, labels, key), donate=(0,))
+    flops = 3 * 2 * count_flops(variant, image_size, num_classes=num_classes)
+    return Compiled(fn, trace_s, compile_s, flops, memory_summary(fn)), state, (images, labels)
 
 
 def compile_eval(variant: str = "efficientnetv2-s", *, image_size: int, batch: int,

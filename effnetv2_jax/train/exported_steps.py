@@ -86,9 +86,6 @@ class CompiledStep:
     def memory_analysis(self):
         return self._compiled.memory_analysis()
 
-    def cost_analysis(self):
-        return self._compiled.cost_analysis()
-
 
 def compile_step(fn, args: tuple, *, name: str, description: dict, out_sharding,
                  donate_first: bool, cache_dir: str | None) -> tuple[CompiledStep, bool]:
