@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from absl import flags
-from ml_collections import config_flags
+from config_parsing import parse_command_line
 
 from effnetv2_jax.models.factory import resolve_model_args
 from effnetv2_jax.train import hardware, loop, progressive
@@ -28,16 +28,6 @@ TINY_BLOCKS = ("r1_k3_s1_e1_i8_o8_c1", "r1_k3_s2_e4_i8_o16_se0.25")
 def load(name: str, arg: str = ""):
     """The config exactly as `--config=configs/<name>.py:<arg>` gives it."""
     return parse_command_line(f"--config={CONFIGS / name}.py" + (f":{arg}" if arg else ""))
-
-
-def parse_command_line(*args: str):
-    """`--config` and its `--config.key=value` overrides, parsed as effnetv2_jax.main does."""
-    argv = ["prog", *args]
-    values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", flag_values=values, lock_config=True,
-                                    sys_argv=argv)
-    values(argv)
-    return values.config
 
 
 def schedule(config) -> progressive.Schedule:

@@ -10,8 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
-from absl import flags
-from ml_collections import config_flags
+from config_parsing import parse_command_line
 
 from effnetv2_jax import count_flops, count_params, create_model, get_variant
 from effnetv2_jax.models.block_spec import decode_all
@@ -24,16 +23,6 @@ from effnetv2_jax.scaling.grid_search import RESULTS_FILE, read_results
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "configs" / "tiny.py"
-
-
-def load_config(path, *overrides):
-    """A config file exactly as `--config=FILE` of effnetv2_jax.main loads it."""
-    argv = ["prog", f"--config={path}", *overrides]
-    values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", flag_values=values, lock_config=True,
-                                    sys_argv=argv)
-    values(argv)
-    return values.config
 
 
 # ---------------------------------------------------------------- V1 compound scaling
@@ -147,7 +136,7 @@ def test_v2_rule_on_s_lands_between_s_and_l():
 
 
 def test_member_config_is_a_config_main_loads(tmp_path):
-    config = load_config(TINY)
+    config = parse_command_line(f"--config={TINY}")
     base = base_from_config(config, "tiny")
     assert (base.train_size, base.eval_size) == (40, 40)
     member = compound_scale(base, 1)
@@ -155,7 +144,7 @@ def test_member_config_is_a_config_main_loads(tmp_path):
     assert scaled.model.width == pytest.approx(1.1) and scaled.model.depth == pytest.approx(1.2)
     assert tuple(scaled.progressive.image_size) == (40, 48) and scaled.eval.image_size == 48
     path = write_config(str(tmp_path / "member.py"), scaled, "A test member.")
-    loaded = load_config(path)
+    loaded = parse_command_line(f"--config={path}")
     assert loaded.to_dict() == scaled.to_dict()
     model = create_model(member.arch, num_classes=4)   # and the architecture builds
     assert len(model.blocks) == member.num_blocks == 4
@@ -173,7 +162,7 @@ def test_cli_prints_the_family_and_writes_configs(tmp_path, capsys):
                                      ["v2", "2"]]
     assert sorted(os.listdir(out)) == ["tiny_v1_phi1.py", "tiny_v1_phi2.py", "tiny_v2_phi1.py",
                                        "tiny_v2_phi2.py"]
-    written = load_config(out / "tiny_v2_phi2.py")
+    written = parse_command_line(f"--config={out / 'tiny_v2_phi2.py'}")
     assert written.train.num_steps == 3                  # the base's overrides carry over
     assert written.model.width == pytest.approx(1.21)
     assert rows[4][6] == str(written.eval.image_size)
@@ -196,9 +185,10 @@ def test_grid_candidates_respect_the_flops_constraint():
 
 
 def test_grid_search_trains_ranks_records_and_resumes(tmp_path):
-    config = load_config(TINY, "--config.train.num_steps=2", "--config.progressive.num_stages=1",
-                         "--config.data.augment=none", "--config.model.conv_impl=xla",
-                         "--config.checkpoint.compile_cache_dir=")
+    config = parse_command_line(f"--config={TINY}", "--config.train.num_steps=2",
+                                "--config.progressive.num_stages=1", "--config.data.augment=none",
+                                "--config.model.conv_impl=xla",
+                                "--config.checkpoint.compile_cache_dir=")
     config.model.block_strings = ("r1_k3_s1_e1_i8_o16_c1",)   # one block: a short compile
     # Same rounded width, depth and sizes: the second compiles from the search's shared cache.
     candidates = [Candidate(1.2, 1.1, 1.15), Candidate(1.2, 1.1, 1.2)]

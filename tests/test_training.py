@@ -42,10 +42,7 @@ def compile_cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("compile_cache"))
 
 
-def tiny_config(compile_cache):
-    config = tiny.get_config()
-    config.checkpoint.compile_cache_dir = compile_cache
-    return config
+tiny_config = tiny.with_compile_cache
 
 
 @pytest.fixture(scope="module")

@@ -31,3 +31,11 @@ def get_config():
     c.checkpoint.every_steps = 2
     c.checkpoint.compile_cache_dir = "none"
     return c
+
+
+def with_compile_cache(compile_cache: str):
+    """`get_config()` with the tests' shared compilation cache folder (restarts skip
+    compiling, as they do for users)."""
+    config = get_config()
+    config.checkpoint.compile_cache_dir = compile_cache
+    return config

@@ -4,8 +4,7 @@ compiled, with a message naming the value, and never from deep inside JAX or TF.
 import traceback
 
 import pytest
-from absl import flags
-from ml_collections import config_flags
+from config_parsing import parse_command_line
 
 import harness
 from effnetv2_jax.train import loop
@@ -14,14 +13,9 @@ DEEP = ("/jax/", "/jaxlib/", "/tensorflow/", "/flax/", "/optax/", "/orbax/")
 
 
 def parse(*overrides):
-    """The config exactly as `python -m effnetv2_jax.main --config=tests/configs/tiny.py ...`
-    builds it (lock_config=True, as main does)."""
-    argv = ["main", f"--config={harness.REPO / harness.TINY}", *overrides]
-    values = flags.FlagValues()
-    config_flags.DEFINE_config_file("config", flag_values=values, lock_config=True,
-                                    sys_argv=argv)
-    values(argv)
-    return values.config
+    """The tiny config as `python -m effnetv2_jax.main --config=tests/configs/tiny.py ...`
+    builds it."""
+    return parse_command_line(f"--config={harness.REPO / harness.TINY}", *overrides)
 
 
 @pytest.mark.parametrize("override, named", harness.BAD_OVERRIDES)
