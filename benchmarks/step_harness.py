@@ -50,13 +50,27 @@ def load1() -> float:
         return float("nan")
 
 
-def matmul_peak(dtype="float32", size: int = 2048, repeats: int = 5) -> float:
-    """Measured FLOP/s of one jitted [size, size] @ [size, size] matmul (median of `repeats`):
-    the machine's practical ceiling, measured in the same run as the model it is compared to."""
+def matmul_peaks(dtype="float32", size: int = 2048, repeats: int = 5) -> dict[str, float]:
+    """Measured FLOP/s of a [size, size] @ [size, size] matmul (median of `repeats`): jax's
+    jitted one and, on the CPU backend in float32, numpy's BLAS, one after the other (not
+    alternating: OpenBLAS's threads spin after each call and would slow XLA's). XLA:CPU's
+    own GEMM (as this package configures it, `xla_cpu_flags.py`) reaches ~134 GFLOP/s on this
+    2-core machine where OpenBLAS (and torch) reach ~180, so the machine's ceiling is the
+    higher of the two."""
     a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size)), dtype)
     fn = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
-    seconds = _interleaved_medians({"mm": (fn, (a, a))}, repeats)["mm"]
-    return 2 * size ** 3 / seconds
+    cases = {"jax": (fn, (a, a))}
+    if jax.default_backend() == "cpu" and jnp.dtype(dtype) == jnp.float32:
+        host = np.asarray(a)
+        cases["numpy"] = (np.matmul, (host, host))
+    return {name: 2 * size ** 3 / _interleaved_medians({name: case}, repeats)[name]
+            for name, case in cases.items()}
+
+
+def matmul_peak(dtype="float32", size: int = 2048, repeats: int = 5) -> float:
+    """The higher of `matmul_peaks`: the machine's practical ceiling, measured in the same run
+    as the model it is compared to."""
+    return max(matmul_peaks(dtype, size, repeats).values())
 
 
 def make_optimizer(name: str, learning_rate: float = 0.01) -> optax.GradientTransformation:

@@ -16,7 +16,10 @@ project's `convert` extra (`pip install -e .[convert]`, the pins in setup.py), s
 our environment; where they cannot (another torch, a machine without the wheel), make a
 separate one: `python -m venv /tmp/timm-env && /tmp/timm-env/bin/pip install -e .[convert]`
 and run this script with that interpreter. Neither is a CI dependency of the benchmarks.
-Prints each median, images/s and the ratio ours / timm in images/s (> 1: we are faster).
+Prints each median, images/s and the ratio ours / timm in images/s (> 1: we are faster), and
+both sides' model FLOP/s against the machine's matmul peak, measured in the same run (the
+fastest [2048, 2048] float32 matmul of jax, numpy's BLAS and torch): what a target ratio would
+ask of the hardware.
 """
 
 from __future__ import annotations
@@ -35,8 +38,27 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from step_harness import (OPTIMIZERS, RESULTS, alternate, bar_chart, compile_eval,  # noqa: E402
-                     compile_train_step, eval_runner, load1, load_line, median, train_runner,
-                     write_csv)
+                     compile_train_step, eval_runner, load1, load_line, matmul_peak, median,
+                     train_runner, write_csv)
+
+# Issue #9's targets on the CPU, ours / timm in images/s.
+TARGETS = {"train": 1.25, "eval": 1.5}
+
+
+def torch_matmul_peak(device: str = "cpu", size: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of torch's float32 [size, size] matmul on `device` (median of `repeats`), beside
+    `step_harness.matmul_peak`'s: timm's convolutions run on torch's GEMMs."""
+    import time
+
+    import torch
+
+    a = torch.randn(size, size, device=device)
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        (a @ a).sum().item()
+        times.append(time.perf_counter() - start)
+    return 2 * size ** 3 / median(times[1:])
 
 
 def timm_runners(*, train_size: int, eval_size: int, batch: int, optimizer: str,
@@ -128,27 +150,31 @@ def main(argv=None):
             dtype=args.dtype, conv_impl=args.conv_impl, optimizer=args.optimizer)
         print(f"ours train step: compiled in {c.trace_s + c.compile_s:.1f} s", flush=True)
         workloads["train"] = (f"train {args.train_size} px b{args.batch} {args.optimizer}",
-                              train_runner(c, state, batch), timm_train)
+                              train_runner(c, state, batch), timm_train, c.flops_per_image)
     if not args.skip_eval:
         c, variables, images = compile_eval(
             "efficientnetv2-s", image_size=args.eval_size, batch=args.batch,
             dtype=args.dtype, conv_impl=args.conv_impl)
         print(f"ours eval forward: compiled in {c.trace_s + c.compile_s:.1f} s", flush=True)
         workloads["eval"] = (f"eval {args.eval_size} px b{args.batch}",
-                             eval_runner(c, variables, images), timm_eval)
+                             eval_runner(c, variables, images), timm_eval, c.flops_per_image)
 
     runners = {}
-    for name, (_, ours, theirs) in workloads.items():
+    for name, (_, ours, theirs, _) in workloads.items():
         runners[f"{name}/ours"], runners[f"{name}/timm"] = ours, theirs
     times = alternate(runners, args.repeats)
+    peak = max(matmul_peak(args.dtype), torch_matmul_peak(args.device))
     rows = []
     print(f"{'workload':32s} {'ours s':>7s} {'timm s':>7s} {'ours img/s':>10s} "
-          f"{'timm img/s':>10s} {'ratio':>6s}")
-    for name, (label, _, _) in workloads.items():
+          f"{'timm img/s':>10s} {'ratio':>6s} {'ours of':>8s} {'timm of':>8s}")
+    for name, (label, _, _, flops_per_image) in workloads.items():
         ours, theirs = median(times[f"{name}/ours"]), median(times[f"{name}/timm"])
         rows.append({"workload": label, "ours_s": ours, "timm_s": theirs,
                      "ours_images_per_s": args.batch / ours,
                      "timm_images_per_s": args.batch / theirs, "ratio": theirs / ours,
+                     "ours_of_peak": flops_per_image * args.batch / ours / peak,
+                     "timm_of_peak": flops_per_image * args.batch / theirs / peak,
+                     "matmul_peak_gflops": peak / 1e9,
                      "ours_times": " ".join(f"{t:.3f}" for t in times[f"{name}/ours"]),
                      "timm_times": " ".join(f"{t:.3f}" for t in times[f"{name}/timm"]),
                      "conv_impl": args.conv_impl, "dtype": args.dtype,
@@ -157,7 +183,14 @@ def main(argv=None):
                      "torch": torch_version, "timm": timm_version, "load1": load1()})
         r = rows[-1]
         print(f"{label:32s} {ours:7.3f} {theirs:7.3f} {r['ours_images_per_s']:10.2f} "
-              f"{r['timm_images_per_s']:10.2f} {r['ratio']:5.2f}x")
+              f"{r['timm_images_per_s']:10.2f} {r['ratio']:5.2f}x {r['ours_of_peak']:8.0%} "
+              f"{r['timm_of_peak']:8.0%}")
+    print(f"of peak: model FLOP/s (2 x multiply-adds, x3 for a train step) over the fastest "
+          f"matmul measured here (jax, numpy, torch): {peak / 1e9:.1f} GFLOP/s")
+    for r, target in zip(rows, [TARGETS.get(name) for name in workloads]):
+        if target:
+            print(f"{r['workload']}: {target:.2f}x timm would need "
+                  f"{target * r['timm_of_peak']:.0%} of that peak")
     print(load_line(), flush=True)
     out = Path(args.out)
     write_csv(rows, out / f"{args.name}.csv")

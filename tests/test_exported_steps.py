@@ -32,11 +32,11 @@ def args():
     return abstract, concrete, replicated
 
 
-def _compile(abstract, replicated, cache_dir, description=None):
+def _compile(abstract, replicated, cache_dir, description=None, accept=None):
     return exported_steps.compile_step(_step, abstract, name="train_8px",
                                        description=description or {"stage": 0},
                                        out_sharding=replicated, donate_first=True,
-                                       cache_dir=cache_dir)
+                                       cache_dir=cache_dir, accept=accept)
 
 
 def _copy(tree):
@@ -94,3 +94,42 @@ def test_key_follows_sources_and_description(args):
     assert key != exported_steps.step_key("train", {"a": 2}, abstract)
     assert key != exported_steps.step_key("eval", {"a": 1}, abstract)
     assert len(exported_steps._source_digest()) == 64
+
+
+def test_only_an_accepted_step_is_stored(args, tmp_path):
+    abstract, concrete, replicated = args
+
+    def refuse(step):
+        assert step.memory_analysis() is not None
+        raise MemoryError("does not fit")
+
+    with pytest.raises(MemoryError, match="does not fit"):
+        _compile(abstract, replicated, str(tmp_path), accept=refuse)
+    assert not exported_steps.is_stored("train_8px", {"stage": 0}, abstract, str(tmp_path))
+    seen = []
+    _compile(abstract, replicated, str(tmp_path), accept=seen.append)
+    assert len(seen) == 1
+    assert exported_steps.is_stored("train_8px", {"stage": 0}, abstract, str(tmp_path))
+    assert not exported_steps.is_stored("train_8px", {"stage": 1}, abstract, str(tmp_path))
+    assert not exported_steps.is_stored("train_8px", {"stage": 0}, abstract, None)
+
+
+def test_lazy_steps_compile_once_at_first_lookup(args, tmp_path):
+    abstract, concrete, replicated = args
+    calls = []
+
+    def compile_fn(description):
+        calls.append(description)
+        return _compile(abstract, replicated, str(tmp_path), description)[0]
+
+    steps = exported_steps.LazySteps()
+    steps.add("now", lambda: compile_fn({"stage": 0}), now=True)
+    steps.add("later", lambda: compile_fn({"stage": 1}), now=False)
+    assert calls == [{"stage": 0}] and steps.compiled_keys() == ["now"]
+    assert set(steps) == {"now", "later"} and len(steps) == 2
+    assert int(steps["later"](_copy(concrete[0]), concrete[1])[0]["count"]) == 4
+    assert steps["later"] is steps["later"] and calls == [{"stage": 0}, {"stage": 1}]
+    with pytest.raises(KeyError, match="added already"):
+        steps.add("now", lambda: compile_fn({"stage": 0}), now=False)
+    with pytest.raises(KeyError):
+        steps["missing"]  # noqa: B018

@@ -12,6 +12,11 @@ shapes, dtypes and shardings. A file that cannot be read or does not match is tr
 rewritten (files are written whole, under a temporary name, then renamed), so a damaged cache
 costs one trace and never a wrong program. Every process computes the same artifact, so
 processes of one multi-host run always compile the same program.
+
+An artifact is stored only after its step compiled and the caller accepted it (it fits the
+device), so its presence (`is_stored`) tells a restart that the step is known good: the
+training loop then defers it with `LazySteps` until its stage begins instead of loading it at
+start-up (XLA:CPU takes ~4 s to load each V2-S executable, which is most of a warm restart).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import hashlib
 import json
 import os
 import pickle
+from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
 
 import jax
@@ -87,8 +93,20 @@ class CompiledStep:
         return self._compiled.memory_analysis()
 
 
+def _artifact_path(name: str, description: dict, args, cache_dir: str) -> epath.Path:
+    return epath.Path(cache_dir) / "exported" / f"{name}-{step_key(name, description, args)}.jexp"
+
+
+def is_stored(name: str, description: dict, args, cache_dir: str | None) -> bool:
+    """Whether `compile_step` (same arguments) stored this step before: it then compiled and
+    was accepted (a damaged file still counts; `compile_step` traces it again)."""
+    return bool(cache_dir) and _artifact_path(name, description, args, cache_dir).exists()
+
+
 def compile_step(fn, args: tuple, *, name: str, description: dict, out_sharding,
-                 donate_first: bool, cache_dir: str | None) -> tuple[CompiledStep, bool]:
+                 donate_first: bool, cache_dir: str | None,
+                 accept: Callable[[CompiledStep], None] | None = None
+                 ) -> tuple[CompiledStep, bool]:
     """`jax.jit(fn)` compiled for `args`, through an exported artifact in `cache_dir`.
 
     Args:
@@ -99,16 +117,15 @@ def compile_step(fn, args: tuple, *, name: str, description: dict, out_sharding,
       out_sharding: one sharding for every output.
       donate_first: donate the first argument's buffers (the train state).
       cache_dir: folder of the artifacts; None traces every time (no file is read or written).
+      accept: called with the compiled step before its artifact is stored; raises to refuse
+        it (e.g. it does not fit the device), so that a stored artifact means a good step.
     Returns:
       (the compiled step, whether it came from a stored artifact).
     """
     leaves, in_tree = jax.tree.flatten(args)
     in_shardings = [leaf.sharding for leaf in leaves]
     donate = tuple(range(len(jax.tree.leaves(args[0])))) if donate_first else ()
-    path = None
-    if cache_dir:
-        path = (epath.Path(cache_dir) / "exported"
-                / f"{name}-{step_key(name, description, args)}.jexp")
+    path = _artifact_path(name, description, args, cache_dir) if cache_dir else None
     exported, out_tree, from_file = _load(path, in_tree) if path else (None, None, False)
     if exported is None:
         trees = {}
@@ -121,11 +138,44 @@ def compile_step(fn, args: tuple, *, name: str, description: dict, out_sharding,
         exported = jax.export.export(jax.jit(flat, in_shardings=in_shardings,
                                              out_shardings=out_sharding))(*leaves)
         out_tree = trees["out"]
-        if path is not None:
-            _store(path, exported, in_tree, out_tree)
     compiled = jax.jit(exported.call, in_shardings=in_shardings, out_shardings=out_sharding,
                        donate_argnums=donate).lower(*leaves).compile()
-    return CompiledStep(compiled, in_tree, out_tree), from_file
+    step = CompiledStep(compiled, in_tree, out_tree)
+    if accept is not None:
+        accept(step)
+    if path is not None and not from_file:
+        _store(path, exported, in_tree, out_tree)
+    return step, from_file
+
+
+class LazySteps(Mapping):
+    """Compiled steps by key, each compiled by its own function at the first lookup, or at once
+    when added with `now=True`. Which were compiled so far: `compiled_keys()`."""
+
+    def __init__(self):
+        self._compile: dict[Hashable, Callable[[], CompiledStep]] = {}
+        self._compiled: dict[Hashable, CompiledStep] = {}
+
+    def add(self, key: Hashable, compile_fn: Callable[[], CompiledStep], *, now: bool) -> None:
+        if key in self._compile:
+            raise KeyError(f"step {key!r} was added already")
+        self._compile[key] = compile_fn
+        if now:
+            self[key]  # noqa: B018 - compiles it
+
+    def __getitem__(self, key: Hashable) -> CompiledStep:
+        if key not in self._compiled:
+            self._compiled[key] = self._compile[key]()
+        return self._compiled[key]
+
+    def __iter__(self):
+        return iter(self._compile)
+
+    def __len__(self) -> int:
+        return len(self._compile)
+
+    def compiled_keys(self) -> list:
+        return list(self._compiled)
 
 
 def _load(path: epath.Path, in_tree):

@@ -2,7 +2,7 @@
 
 Order of events: validate the config -> (multi-host) initialise -> data info -> model, optimizer
 and state on the mesh -> restore the newest intact checkpoint -> compile every progressive stage
-ahead of time -> train, evaluating and checkpointing as configured -> final save and evaluation.
+ahead of time (a restart: only what it needs now) -> train, evaluating and checkpointing as configured -> final save and evaluation.
 The stage is a function of the global step, so a restarted run continues in the right stage
 with the right input pipeline and executable, and (data and randomness being functions of the
 step) produces bitwise the parameters an uninterrupted run would.
@@ -11,6 +11,7 @@ step) produces bitwise the parameters an uninterrupted run would.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import signal
 import time
@@ -204,51 +205,79 @@ def _step_description(run: Run, **stage) -> dict:
             "total_steps": run.total_steps, **stage}
 
 
-def compile_train_steps(run: Run) -> dict:
-    """Compiles one train step per distinct (image size, dropout) of the stages, ahead of time,
-    so a stage that cannot fit fails at start-up rather than hours later."""
+def compile_train_steps(run: Run, from_step: int = 0) -> exported_steps.LazySteps:
+    """The train steps of the stages from `from_step` on, by (image size, dropout).
+
+    Compiled ahead of time, so that a stage that cannot fit fails at start-up rather than
+    hours later; except on a restart: a step whose stored artifact shows that an earlier
+    process of this run compiled and accepted it compiles when its stage begins (unless that
+    stage is the current one), and the steps of finished stages are not compiled at all. A
+    restart thus loads one executable before its first step (about 4 s each for V2-S on this
+    2-core CPU) instead of one per stage.
+    """
     config, replicated = run.config, sharding.replicated(run.mesh)
     abstract_state = abstract_like(run.state, replicated)
-    compiled = {}
+    steps = exported_steps.LazySteps()
+    current = progressive.stage_at(run.stages, min(from_step, run.total_steps - 1)).index
     for stage in run.stages:
         key = (stage.image_size, stage.dropout_rate)
-        if key in compiled:
+        if stage.end_step <= from_step or key in steps:
             continue
         step_fn = make_train_step(
             run.graphdef, run.tx, learning_rate=run.learning_rate, seed=config.seed,
             dropout_rate=stage.dropout_rate, label_smoothing=config.train.label_smoothing,
             ema_max_decay=config.train.ema_decay, loss_type=config.train.loss,
             on_nonfinite=config.train.on_nonfinite)
-        start = time.perf_counter()
-        compiled[key], stored = exported_steps.compile_step(
-            step_fn, (abstract_state, _abstract_batch(run, stage.image_size,
-                                                      config.train.global_batch_size, True)),
-            name=f"train_{stage.image_size}px", out_sharding=replicated, donate_first=True,
-            description=_step_description(run, image_size=stage.image_size,
-                                          dropout_rate=stage.dropout_rate),
-            cache_dir=run.compile_cache_dir)
-        logging.info("stage %d (%d px, dropout %.3f): train step compiled in %.1f s%s",
-                     stage.index, stage.image_size, stage.dropout_rate,
-                     time.perf_counter() - start, " (stored trace)" if stored else "")
-        _check_fits(f"train step {stage.image_size} px", compiled[key])
-    return compiled
+        spec = dict(step_fn=step_fn, args=(abstract_state, _abstract_batch(
+                        run, stage.image_size, config.train.global_batch_size, True)),
+                    name=f"train_{stage.image_size}px",
+                    description=_step_description(run, image_size=stage.image_size,
+                                                  dropout_rate=stage.dropout_rate),
+                    what=(f"stage {stage.index} ({stage.image_size} px, dropout "
+                          f"{stage.dropout_rate:.3f}): train step"))
+        _add(steps, key, run, spec, donate_first=True, deferrable=stage.index != current)
+    return steps
 
 
-def compile_eval_step(run: Run):
-    replicated = sharding.replicated(run.mesh)
+def eval_steps(run: Run, *, deferrable: bool) -> exported_steps.LazySteps:
+    """The eval step under the key "eval"; `deferrable` as for a later stage's train step."""
     eval_batch = run.config.eval.global_batch_size or run.config.train.global_batch_size
+    spec = dict(step_fn=make_eval_step(run.graphdef, loss_type=run.config.train.loss),
+                args=(abstract_like(run.state, sharding.replicated(run.mesh)),
+                      _abstract_batch(run, run.eval_size, eval_batch, False)),
+                name=f"eval_{run.eval_size}px",
+                description=_step_description(run, eval_size=run.eval_size,
+                                              eval_batch=eval_batch),
+                what=f"eval step ({run.eval_size} px)")
+    steps = exported_steps.LazySteps()
+    _add(steps, "eval", run, spec, donate_first=False, deferrable=deferrable)
+    return steps
+
+
+def _add(steps: exported_steps.LazySteps, key, run: Run, spec: dict, *, donate_first: bool,
+         deferrable: bool) -> None:
+    """Adds the step `spec` describes: compiled now, or at its first lookup if `deferrable`
+    and stored by an earlier process (hence known to compile and fit)."""
+    defer = deferrable and exported_steps.is_stored(spec["name"], spec["description"],
+                                                    spec["args"], run.compile_cache_dir)
+    if defer:
+        logging.info("%s: compiled by an earlier process of this run; loading it when first "
+                     "needed", spec["what"])
+    steps.add(key, functools.partial(_compile, run, donate_first=donate_first, **spec),
+              now=not defer)
+
+
+def _compile(run: Run, *, step_fn, args, name: str, description: dict, what: str,
+             donate_first: bool) -> exported_steps.CompiledStep:
+    """`step_fn` compiled for `args` through the run's stored artifacts, checked to fit."""
     start = time.perf_counter()
-    eval_step, stored = exported_steps.compile_step(
-        make_eval_step(run.graphdef, loss_type=run.config.train.loss),
-        (abstract_like(run.state, replicated),
-         _abstract_batch(run, run.eval_size, eval_batch, False)),
-        name=f"eval_{run.eval_size}px", out_sharding=replicated, donate_first=False,
-        description=_step_description(run, eval_size=run.eval_size, eval_batch=eval_batch),
-        cache_dir=run.compile_cache_dir)
-    logging.info("eval step (%d px) compiled in %.1f s%s", run.eval_size,
-                 time.perf_counter() - start, " (stored trace)" if stored else "")
-    _check_fits(f"eval step {run.eval_size} px", eval_step)
-    return eval_step
+    step, stored = exported_steps.compile_step(
+        step_fn, args, name=name, out_sharding=sharding.replicated(run.mesh),
+        donate_first=donate_first, description=description, cache_dir=run.compile_cache_dir,
+        accept=lambda compiled: _check_fits(what, compiled))
+    logging.info("%s compiled in %.1f s%s", what, time.perf_counter() - start,
+                 " (stored trace)" if stored else "")
+    return step
 
 
 def run_evaluation(run: Run, eval_step, state: TrainState) -> dict[str, float]:
@@ -355,16 +384,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 def _train(run: Run, workdir: str, preemption: _Preemption) -> dict[str, float]:
     config = run.config
+    start_step = int(jax.device_get(run.state.step))
     try:
-        compiled = compile_train_steps(run)
-        eval_step = compile_eval_step(run) if config.mode == "train_and_eval" else None
+        compiled = compile_train_steps(run, start_step)
+        evals = (eval_steps(run, deferrable=True)
+                 if config.mode == "train_and_eval" else None)
     except BaseException:
         _close_quietly(run.checkpointer.close)
         raise
     checkpointer = run.checkpointer
     check_finite = _FiniteCheck(config.train.on_nonfinite, checkpointer)
     state = check_finite.start(run.state)
-    start_step = int(jax.device_get(state.step))
     reporter = Reporter(workdir, total_steps=run.total_steps,
                         log_every_steps=config.train.log_every_steps,
                         global_batch_size=config.train.global_batch_size,
@@ -404,13 +434,13 @@ def _train(run: Run, workdir: str, preemption: _Preemption) -> dict[str, float]:
                     seed=config.seed, process_index=jax.process_index(),
                     process_count=jax.process_count())
                 local = next(iterator)
+                train_step = compiled[(stage.image_size, stage.dropout_rate)]  # may load it
                 reporter.stage_started(step, stage, local["image"])
                 logging.info("stage %d from step %d: %s", stage.index, step, stage)
                 reporter.pause(time.perf_counter() - paused)
             else:
                 local = next(iterator)
-            state, metrics = compiled[(stage.image_size, stage.dropout_rate)](
-                state, sharding.global_batch(local, run.mesh))
+            state, metrics = train_step(state, sharding.global_batch(local, run.mesh))
             done = step + 1
             reporter.step_done(done, metrics, stage.image_size)
             if done % config.train.log_every_steps == 0:
@@ -418,7 +448,7 @@ def _train(run: Run, workdir: str, preemption: _Preemption) -> dict[str, float]:
             if evaluate_now(done):
                 paused = time.perf_counter()
                 check_finite(state)
-                results = run_evaluation(run, eval_step, state)
+                results = run_evaluation(run, evals["eval"], state)
                 reporter.write(done, results)
                 save(done, {"ema_top1": results["eval/ema_top1"]})
                 reporter.pause(time.perf_counter() - paused)
@@ -457,7 +487,7 @@ def evaluate_run(run: Run) -> dict[str, float]:
     if run.checkpointer.latest_step() is None:
         raise FileNotFoundError(f"mode=eval needs a checkpoint, and {run.checkpointer.directory} "
                                 f"has none; train first or point --workdir at a trained run")
-    results = run_evaluation(run, compile_eval_step(run), run.state)
+    results = run_evaluation(run, eval_steps(run, deferrable=False)["eval"], run.state)
     logging.info("evaluation at step %d: %s", int(run.state.step), results)
     run.checkpointer.close()
     return results

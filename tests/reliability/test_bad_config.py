@@ -21,7 +21,7 @@ def parse(*overrides):
 @pytest.mark.parametrize("override, named", harness.BAD_OVERRIDES)
 def test_bad_override_fails_early_naming_the_value(override, named, tmp_path, monkeypatch):
     compiled = []
-    monkeypatch.setattr(loop, "compile_train_steps", lambda run: compiled.append(run))
+    monkeypatch.setattr(loop, "compile_train_steps", lambda run, *args: compiled.append(run))
     with pytest.raises(Exception) as error:  # noqa: PT011 - the type varies; the text matters
         loop.setup(parse(override, "--config.checkpoint.compile_cache_dir=none"),
                    str(tmp_path))

@@ -18,7 +18,8 @@ def sigterm_self():
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def finish_and_compare(tmp_path, compile_cache, reference, caplog, expect_resume):
+def finish_and_compare(tmp_path, compile_cache, reference, caplog, expect_resume,
+                       expect_compiled_stages):
     caplog.clear()
     loop.train_and_evaluate(tiny_config(compile_cache), str(tmp_path))
     resumed = [r.getMessage() for r in caplog.records if "resumed from step" in r.getMessage()]
@@ -26,8 +27,15 @@ def finish_and_compare(tmp_path, compile_cache, reference, caplog, expect_resume
     # The restart compiled from the traces stored by earlier runs (train/exported_steps.py)
     # and still ends bitwise equal to the uninterrupted run.
     compiles = [m for m in (r.getMessage() for r in caplog.records)
-                if m.startswith(("stage ", "eval step")) and "compiled" in m]
+                if m.startswith(("stage ", "eval step")) and " compiled in " in m]
     assert compiles and all("(stored trace)" in m for m in compiles), compiles
+    # Only the stages still to run were loaded (a finished stage's step never is).
+    stages = {int(m.split()[1]) for m in compiles if m.startswith("stage ")}
+    assert stages == expect_compiled_stages, compiles
+    # ... and the later ones when their stage began, not before the first step.
+    deferred = {int(m.split()[1]) for m in (r.getMessage() for r in caplog.records)
+                if m.startswith("stage ") and "loading it when first needed" in m}
+    assert deferred == expect_compiled_stages - {min(expect_compiled_stages)}, deferred
     assert harness.mismatching_arrays(reference[1], harness.final_state(tmp_path)) == []
 
 
@@ -45,7 +53,8 @@ def test_sigterm_during_training_saves_that_step(reference, tmp_path, monkeypatc
     loop.train_and_evaluate(tiny_config(compile_cache), str(tmp_path))
     assert harness.saved_steps(tmp_path) == [2], "SIGTERM saves at the step it arrived, stops"
     monkeypatch.setattr(Reporter, "step_done", original)
-    finish_and_compare(tmp_path, compile_cache, reference, caplog, expect_resume=2)
+    finish_and_compare(tmp_path, compile_cache, reference, caplog, expect_resume=2,
+                       expect_compiled_stages={0, 1})
 
 
 def test_sigterm_during_a_stage_change_saves_the_step_it_finishes(reference, tmp_path,
@@ -66,7 +75,8 @@ def test_sigterm_during_a_stage_change_saves_the_step_it_finishes(reference, tmp
     assert harness.saved_steps(tmp_path)[-1] == 4
     assert any("preempted: saved step 4" in r.getMessage() for r in caplog.records)
     monkeypatch.setattr(data, "make_train_iterator", original)
-    finish_and_compare(tmp_path, compile_cache, reference, caplog, expect_resume=4)
+    finish_and_compare(tmp_path, compile_cache, reference, caplog, expect_resume=4,
+                       expect_compiled_stages={1})
 
 
 def test_sigterm_during_start_up_exits_cleanly_before_the_first_step(reference, tmp_path,
@@ -74,9 +84,9 @@ def test_sigterm_during_start_up_exits_cleanly_before_the_first_step(reference, 
                                                                       compile_cache):
     original = loop.compile_train_steps
 
-    def preempt_while_compiling(run):
+    def preempt_while_compiling(run, *args):
         sigterm_self()
-        return original(run)
+        return original(run, *args)
 
     monkeypatch.setattr(loop, "compile_train_steps", preempt_while_compiling)
     caplog.set_level("INFO")
