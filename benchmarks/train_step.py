@@ -15,7 +15,8 @@ Columns: compile seconds (trace + lower, compile), median step seconds after one
 images/s, model FLOPs per image (2 x multiply-adds x 3 for forward + backward, from
 `count_flops`; x1 with --eval), achieved FLOP/s and its ratio to a [2048, 2048] float32 matmul
 measured in the same run (the faster of jax's and, on the CPU, numpy's BLAS: XLA:CPU's GEMM is
-the slower here; the CSV also has the ratio to jax's alone), and XLA's peak memory for the step (arguments + outputs + temporaries - donated).
+the slower here; the CSV also has the ratio to jax's alone), and XLA's peak memory for the step
+(arguments + outputs + temporaries - donated).
 Writes results/train_step.csv and results/train_step.png (or `--name`).
 """
 
@@ -26,8 +27,9 @@ from pathlib import Path
 
 import jax
 
-from step_harness import (OPTIMIZERS, RESULTS, alternate, bar_chart, compile_eval, compile_train_step,
-                     eval_runner, load1, load_line, matmul_peaks, median, train_runner, write_csv)
+from step_harness import (OPTIMIZERS, RESULTS, alternate, bar_chart, compile_eval,
+                          compile_train_step, eval_runner, load1, load_line, matmul_peaks, median,
+                          train_runner, write_csv)
 
 
 def measure(args) -> list[dict]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Mapping
 
 import jax
 import ml_collections
@@ -76,7 +77,7 @@ def _local_batch(run: loop.Run, image_size: int, seed: int) -> dict[str, np.ndar
     return {"image": images, "label": labels}
 
 
-def time_train_step(run: loop.Run, compiled: dict, timed_steps: int = 5) -> float:
+def time_train_step(run: loop.Run, compiled: Mapping, timed_steps: int = 5) -> float:
     """Median wall time (seconds) of the last stage's compiled train step, after a warm-up.
 
     Args:

@@ -2,7 +2,8 @@
 
 Order of events: validate the config -> (multi-host) initialise -> data info -> model, optimizer
 and state on the mesh -> restore the newest intact checkpoint -> compile every progressive stage
-ahead of time (a restart: only what it needs now) -> train, evaluating and checkpointing as configured -> final save and evaluation.
+ahead of time (a restart: what it needs now; the later stages' steps as they begin) -> train,
+evaluating and checkpointing as configured -> final save and evaluation.
 The stage is a function of the global step, so a restarted run continues in the right stage
 with the right input pipeline and executable, and (data and randomness being functions of the
 step) produces bitwise the parameters an uninterrupted run would.
