@@ -40,7 +40,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["effnetv2_jax", "effnetv2_jax.*"]),
-    package_data={"effnetv2_jax": ["imagenet_classes.txt"]},
+    package_data={"effnetv2_jax": ["imagenet_classes.txt", "models/cpu_kernels.cc"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={
         "convert": CONVERT,

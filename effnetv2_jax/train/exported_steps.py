@@ -33,15 +33,17 @@ import jax
 from absl import logging
 from etils import epath
 
+from effnetv2_jax.models import cpu_kernels
+
 _FORMAT = 1  # bump when the file layout changes
 
 
 @functools.cache
 def _source_digest() -> str:
-    """sha256 over the package's Python sources (any code change re-traces)."""
+    """sha256 over the package's Python and C++ sources (any code change re-traces)."""
     digest = hashlib.sha256()
     root = Path(__file__).resolve().parents[1]
-    for path in sorted(root.rglob("*.py")):
+    for path in sorted([*root.rglob("*.py"), *root.rglob("*.cc")]):
         digest.update(str(path.relative_to(root)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()
@@ -53,7 +55,7 @@ def _versions() -> dict:
     import optax
     return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
             "optax": optax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
-            "format": _FORMAT}
+            "cpu_kernels": cpu_kernels.available(), "format": _FORMAT}
 
 
 def _describe_leaf(leaf) -> str:
@@ -135,8 +137,10 @@ def compile_step(fn, args: tuple, *, name: str, description: dict, out_sharding,
             out_leaves, trees["out"] = jax.tree.flatten(outputs)
             return out_leaves
 
-        exported = jax.export.export(jax.jit(flat, in_shardings=in_shardings,
-                                             out_shardings=out_sharding))(*leaves)
+        exported = jax.export.export(
+            jax.jit(flat, in_shardings=in_shardings, out_shardings=out_sharding),
+            disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(
+                cpu_kernels.DEPTHWISE_KERNEL_GRAD)])(*leaves)
         out_tree = trees["out"]
     compiled = jax.jit(exported.call, in_shardings=in_shardings, out_shardings=out_sharding,
                        donate_argnums=donate).lower(*leaves).compile()

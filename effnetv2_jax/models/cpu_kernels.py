@@ -1,0 +1,113 @@
+"""Hand-written XLA:CPU kernels (C++, `cpu_kernels.cc`) through `jax.ffi`, for the op whose
+XLA-generated code is furthest from the hardware: the depthwise convolution's weight gradient
+(XLA reduces over batch and pixels with channels minor at 0.1-1 GFLOP/s; the kernel is 10x
+faster on V2-S's shapes, `benchmarks/convs.py`).
+
+The library is built on first use with the system C++ compiler (`CXX`, default g++) against
+jaxlib's FFI headers, into `$EFFNETV2_JAX_KERNEL_CACHE` (default `~/.cache/effnetv2_jax/kernels`),
+under a name that hashes the source, the jaxlib version, the flags and this CPU's features
+(it is built with -march=native); it is written under a temporary name, then renamed, so
+concurrent processes never load a half-written file. Where there is no compiler, the build
+fails, or `EFFNETV2_JAX_NATIVE_KERNELS=0`, `available()` is False (a warning says why, once)
+and `conv_ops` keeps its pure-XLA formulation, which gives the same values.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+DEPTHWISE_KERNEL_GRAD = "effnetv2_depthwise_kernel_grad"
+SOURCE = Path(__file__).with_name("cpu_kernels.cc")
+_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
+
+
+def _cpu_features() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def library_path() -> Path:
+    """Where the built library for this source, jaxlib, flags and CPU lives."""
+    import jaxlib
+    key = hashlib.sha256(b"\0".join(
+        [SOURCE.read_bytes(), jaxlib.__version__.encode(), " ".join(_FLAGS).encode(),
+         platform.machine().encode(), _cpu_features().encode()])).hexdigest()[:16]
+    cache = (os.environ.get("EFFNETV2_JAX_KERNEL_CACHE")
+             or Path.home() / ".cache" / "effnetv2_jax" / "kernels")
+    return Path(cache) / f"cpu_kernels-{key}.so"
+
+
+def _build(target: Path) -> None:
+    compiler = os.environ.get("CXX", "g++")
+    if shutil.which(compiler) is None:
+        raise FileNotFoundError(f"no C++ compiler {compiler!r} on PATH (set CXX)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".so.tmp", delete=False) as tmp:
+        temporary = Path(tmp.name)
+    try:
+        done = subprocess.run([compiler, *_FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE),
+                               "-o", str(temporary)], capture_output=True, text=True,
+                              check=False, timeout=300)
+        if done.returncode:
+            raise RuntimeError(f"{compiler} failed ({done.returncode}): {done.stderr[-2000:]}")
+        temporary.replace(target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+@functools.cache
+def available() -> bool:
+    """Builds (once per machine), loads and registers the kernels; False where they cannot be
+    (then the callers use XLA code), and on other default backends (where nothing calls them).
+    A process registers one library: XLA refuses a second one under the same target name."""
+    if (os.environ.get("EFFNETV2_JAX_NATIVE_KERNELS", "1") == "0"
+            or jax.default_backend() != "cpu"):
+        return False
+    if _registered:
+        return True
+    try:
+        path = library_path()
+        if not path.exists():
+            _build(path)
+        library = ctypes.cdll.LoadLibrary(str(path))
+        jax.ffi.register_ffi_target(DEPTHWISE_KERNEL_GRAD,
+                                    jax.ffi.pycapsule(library.effnetv2_depthwise_kernel_grad),
+                                    platform="cpu")
+    except Exception as error:  # noqa: BLE001 - any failure means: use the XLA formulation
+        logging.warning("effnetv2_jax's C++ CPU kernels are unavailable (%s: %s); using XLA's "
+                        "code for the depthwise weight gradient (about 10x slower on the CPU)",
+                        type(error).__name__, error)
+        return False
+    _registered.append(path)
+    return True
+
+
+_registered: list[Path] = []  # the library this process registered, if any
+
+
+def depthwise_kernel_grad(xp, dy, k: int, stride: int):
+    """`dw[i, j, c] = sum_{n,h,w} xp[n, h*s+i, w*s+j, c] * dy[n, h, w, c]`, float32 [k, k, C].
+
+    xp: the padded input [N, Hp, Wp, C]; dy: [N, OH, OW, C] (cast to float32). Needs
+    `available()` and the CPU backend."""
+    xp, dy = xp.astype(jnp.float32), dy.astype(jnp.float32)
+    out = jax.ShapeDtypeStruct((k, k, xp.shape[-1]), jnp.float32)
+    return jax.ffi.ffi_call(DEPTHWISE_KERNEL_GRAD, out)(xp, dy, stride=np.int64(stride))
