@@ -98,3 +98,11 @@ def test_the_build_is_cached_per_source_and_machine(tmp_path):
     stamp = built.stat().st_mtime_ns
     assert "native: True True" in _fresh_process(tmp_path)[0]
     assert list(tmp_path.iterdir()) == [built] and built.stat().st_mtime_ns == stamp  # reused
+
+
+def test_a_damaged_cached_library_is_built_again(tmp_path, monkeypatch):
+    monkeypatch.setenv("EFFNETV2_JAX_KERNEL_CACHE", str(tmp_path))
+    damaged = cpu_kernels.library_path()
+    damaged.write_bytes(b"not a shared library")
+    assert "native: True True" in _fresh_process(tmp_path)[0]
+    assert list(tmp_path.iterdir()) == [damaged] and damaged.stat().st_size > 1000

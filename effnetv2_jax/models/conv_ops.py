@@ -15,7 +15,7 @@ within 1e-4; see ``tests/test_conv_ops.py``):
     padded input times a per-channel weight (one loop fusion), a hand-written
     backward, and a weight gradient reduced in cache-sized batch chunks:
     forward+backward 20-45x faster (forward alone 4-26x on a bare input). The weight
-    gradient is a C++ kernel (``cpu_kernels.py``) where it can be built, another 10x;
+    gradient is a C++ kernel (``cpu_kernels.py``) where it can be built, another 5-14x;
     the chunked XLA reduction otherwise.
   - ``1 x 1``: a 2-D matmul on the flattened pixels (stride 2 = subsample first):
     forward+backward 1.3-4x faster than the conv.
@@ -332,7 +332,7 @@ def _depthwise_vjp_bwd(stride, h, w, res, dy):
     xp, kernel = res
     dx = _depthwise_input_grad(dy, kernel, h, w, stride)
     k = kernel.shape[0]
-    if jax.default_backend() == "cpu" and cpu_kernels.available():  # 10x faster, same values
+    if jax.default_backend() == "cpu" and cpu_kernels.available():  # 5-14x faster, same values
         dw = cpu_kernels.depthwise_kernel_grad(xp, dy, k, stride).reshape(kernel.shape)
     else:
         dw = _depthwise_kernel_grad(xp, dy, k, stride)

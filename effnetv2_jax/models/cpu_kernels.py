@@ -8,7 +8,8 @@ The library is built on first use with the system C++ compiler (`CXX`, default g
 jaxlib's FFI headers, into `$EFFNETV2_JAX_KERNEL_CACHE` (default `~/.cache/effnetv2_jax/kernels`),
 under a name that hashes the source, the jaxlib version, the flags and this CPU's features
 (it is built with -march=native); it is written under a temporary name, then renamed, so
-concurrent processes never load a half-written file. Where there is no compiler, the build
+concurrent processes never load a half-written file (a cached file that cannot be loaded is
+built again). Where there is no compiler, the build
 fails, or `EFFNETV2_JAX_NATIVE_KERNELS=0`, `available()` is False (a warning says why, once)
 and `conv_ops` keeps its pure-XLA formulation, which gives the same values.
 """
@@ -33,6 +34,7 @@ from absl import logging
 DEPTHWISE_KERNEL_GRAD = "effnetv2_depthwise_kernel_grad"
 SOURCE = Path(__file__).with_name("cpu_kernels.cc")
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
+_registered: list[Path] = []  # the library this process registered, if any
 
 
 def _cpu_features() -> str:
@@ -88,7 +90,11 @@ def available() -> bool:
         path = library_path()
         if not path.exists():
             _build(path)
-        library = ctypes.cdll.LoadLibrary(str(path))
+        try:
+            library = ctypes.cdll.LoadLibrary(str(path))
+        except OSError:  # a damaged cached file: built again, once
+            _build(path)
+            library = ctypes.cdll.LoadLibrary(str(path))
         jax.ffi.register_ffi_target(DEPTHWISE_KERNEL_GRAD,
                                     jax.ffi.pycapsule(library.effnetv2_depthwise_kernel_grad),
                                     platform="cpu")
@@ -99,9 +105,6 @@ def available() -> bool:
         return False
     _registered.append(path)
     return True
-
-
-_registered: list[Path] = []  # the library this process registered, if any
 
 
 def depthwise_kernel_grad(xp, dy, k: int, stride: int):
