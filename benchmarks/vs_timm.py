@@ -37,6 +37,7 @@ sys.modules.setdefault("triton", None)
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from convs import _interleaved_medians  # noqa: E402
 from step_harness import (OPTIMIZERS, RESULTS, alternate, bar_chart, compile_eval,  # noqa: E402
                      compile_train_step, eval_runner, load1, load_line, matmul_peak, median,
                      train_runner, write_csv)
@@ -48,17 +49,11 @@ TARGETS = {"train": 1.25, "eval": 1.5}
 def torch_matmul_peak(device: str = "cpu", size: int = 2048, repeats: int = 5) -> float:
     """FLOP/s of torch's float32 [size, size] matmul on `device` (median of `repeats`), beside
     `step_harness.matmul_peak`'s: timm's convolutions run on torch's GEMMs."""
-    import time
-
     import torch
 
     a = torch.randn(size, size, device=device)
-    times = []
-    for _ in range(repeats + 1):
-        start = time.perf_counter()
-        (a @ a).sum().item()
-        times.append(time.perf_counter() - start)
-    return 2 * size ** 3 / median(times[1:])
+    case = {"torch": (lambda a: (a @ a).sum().item(), (a,))}  # .item() waits for the device
+    return 2 * size ** 3 / _interleaved_medians(case, repeats)["torch"]
 
 
 def timm_runners(*, train_size: int, eval_size: int, batch: int, optimizer: str,

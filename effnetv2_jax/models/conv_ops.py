@@ -332,7 +332,7 @@ def _depthwise_vjp_bwd(stride, h, w, res, dy):
     xp, kernel = res
     dx = _depthwise_input_grad(dy, kernel, h, w, stride)
     k = kernel.shape[0]
-    if jax.default_backend() == "cpu" and cpu_kernels.available():  # 5-14x faster, same values
+    if cpu_kernels.available():  # CPU backend only; 5-14x faster, same values
         dw = cpu_kernels.depthwise_kernel_grad(xp, dy, k, stride).reshape(kernel.shape)
     else:
         dw = _depthwise_kernel_grad(xp, dy, k, stride)

@@ -9,9 +9,9 @@ jaxlib's FFI headers, into `$EFFNETV2_JAX_KERNEL_CACHE` (default `~/.cache/effne
 under a name that hashes the source, the jaxlib version, the flags and this CPU's features
 (it is built with -march=native); it is written under a temporary name, then renamed, so
 concurrent processes never load a half-written file (a cached file that cannot be loaded is
-built again). Where there is no compiler, the build
-fails, or `EFFNETV2_JAX_NATIVE_KERNELS=0`, `available()` is False (a warning says why, once)
-and `conv_ops` keeps its pure-XLA formulation, which gives the same values.
+built again). Where there is no compiler, the build fails, or `EFFNETV2_JAX_NATIVE_KERNELS=0`,
+`available()` is False (a warning says why, once) and `conv_ops` keeps its pure-XLA
+formulation, which gives the same values.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from absl import logging
 DEPTHWISE_KERNEL_GRAD = "effnetv2_depthwise_kernel_grad"
 SOURCE = Path(__file__).with_name("cpu_kernels.cc")
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
-_registered: list[Path] = []  # the library this process registered, if any
 
 
 def _cpu_features() -> str:
@@ -80,12 +79,10 @@ def _build(target: Path) -> None:
 def available() -> bool:
     """Builds (once per machine), loads and registers the kernels; False where they cannot be
     (then the callers use XLA code), and on other default backends (where nothing calls them).
-    A process registers one library: XLA refuses a second one under the same target name."""
+    Cached: a process registers the library once (XLA refuses a second registration)."""
     if (os.environ.get("EFFNETV2_JAX_NATIVE_KERNELS", "1") == "0"
             or jax.default_backend() != "cpu"):
         return False
-    if _registered:
-        return True
     try:
         path = library_path()
         if not path.exists():
@@ -100,10 +97,9 @@ def available() -> bool:
                                     platform="cpu")
     except Exception as error:  # noqa: BLE001 - any failure means: use the XLA formulation
         logging.warning("effnetv2_jax's C++ CPU kernels are unavailable (%s: %s); using XLA's "
-                        "code for the depthwise weight gradient (about 10x slower on the CPU)",
+                        "code for the depthwise weight gradient (5-14x slower on the CPU)",
                         type(error).__name__, error)
         return False
-    _registered.append(path)
     return True
 
 
