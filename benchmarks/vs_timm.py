@@ -42,6 +42,8 @@ from step_harness import (OPTIMIZERS, RESULTS, alternate, bar_chart, compile_eva
                      compile_train_step, eval_runner, load1, load_line, matmul_peak, median,
                      train_runner, write_csv)
 
+from effnetv2_jax import huge_pages  # noqa: E402
+
 # Issue #9's targets on the CPU, ours / timm in images/s.
 TARGETS = {"train": 1.25, "eval": 1.5}
 
@@ -200,4 +202,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    huge_pages.restart_with_huge_pages()  # as effnetv2_jax.main does
     main()
