@@ -236,15 +236,21 @@ def eval_runner(compiled: Compiled, variables, images):
     return run
 
 
-def alternate(runners: dict[str, object], repeats: int, warmup: int = 1) -> dict[str, list]:
+def alternate(runners: dict[str, object], repeats: int, warmup: int = 1,
+              settle: int = 0) -> dict[str, list]:
     """Runs each closure `warmup` times, then `repeats` rounds in turn (a, b, a, b, ...), so
-    every contestant sees the same background load. Returns {name: [seconds, ...]}."""
+    every contestant sees the same background load. In each round a contestant first runs
+    `settle` untimed times, so that the timed run follows its own, as steps do in training (the
+    first step after another process's big step pays for re-faulting the memory that one freed:
+    up to 1 s of a 2 s V2-S step on this VM). Returns {name: [seconds, ...]}."""
     for run in runners.values():
         for _ in range(warmup):
             run()
     times = {name: [] for name in runners}
     for _ in range(repeats):
         for name, run in runners.items():
+            for _ in range(settle):
+                run()
             times[name].append(run())
     return times
 

@@ -1,7 +1,13 @@
 """effnetv2_jax against timm's `tf_efficientnetv2_s` (PyTorch) on the same machine, in one run.
 
 Two workloads, each timed for both libraries with the runs alternating (ours, timm, ours, ...)
-so that both see the same background load:
+so that both see the same background load. timm runs in a process of its own, as its users run
+it, driven over a pipe (in one process, each library's freed memory and idle threads slowed the
+other's next step: ours by up to 1 s). Where this script restarted with glibc's huge pages, as
+`effnetv2_jax.main` does (`effnetv2_jax/huge_pages.py`), timm runs twice: "timm" with glibc's
+defaults, as shipped, and "timm hp" with the same tunable, so that the comparison with equal
+allocators is printed beside it. Each timed run follows an untimed one of the same library
+(`--settle`, default 1), as steps follow each other in training:
   * train step: V2-S, 128 px, batch 32, float32, SGD (momentum 0.9) or RMSProp (decay 0.9,
     eps 1e-3, momentum 0.9): forward in train mode, softmax cross-entropy, backward, update;
   * eval forward: V2-S, 224 px, batch 32, float32, inference mode.
@@ -112,6 +118,73 @@ def timm_runners(*, train_size: int, eval_size: int, batch: int, optimizer: str,
     return train, evaluate, torch.__version__, timm.__version__
 
 
+class TimmProcess:
+    """timm's side in a Python process of its own, as its users run it (and so that neither
+    library's threads or freed memory slow the other's next step): started with `env`, it builds
+    `timm_runners` and then runs one workload per line it reads ("train", "eval", "peak"),
+    answering with the seconds it measured (or the torch matmul FLOP/s)."""
+
+    def __init__(self, worker_args: list[str], env: dict[str, str]):
+        import json
+        import subprocess
+
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--timm-worker", *worker_args], env=env, text=True,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.versions = json.loads(self._read())
+
+    def _read(self) -> str:
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the timm worker process ended (exit {self.process.wait()}); "
+                               "its error is above")
+        return line
+
+    def ask(self, command: str) -> float:
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        return float(self._read())
+
+    def runner(self, command: str):
+        return lambda: self.ask(command)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            self.process.wait(timeout=60)
+
+
+def _serve_timm(args) -> None:
+    """The `--timm-worker` side of `TimmProcess`."""
+    import json
+
+    train, evaluate, torch_version, timm_version = timm_runners(
+        train_size=args.train_size, eval_size=args.eval_size, batch=args.batch,
+        optimizer=args.optimizer, channels_last=args.channels_last, device=args.device,
+        dtype=args.dtype)
+    commands = {"train": train, "eval": evaluate,
+                "peak": lambda: torch_matmul_peak(args.device)}
+    print(json.dumps({"torch": torch_version, "timm": timm_version}), flush=True)
+    for line in sys.stdin:
+        print(commands[line.strip()](), flush=True)
+
+
+def _timm_environments() -> dict[str, dict[str, str]]:
+    """{column: environment} for the timm processes: "timm" with glibc's default malloc, as timm
+    users run it; where this process restarted with huge pages (`huge_pages.py`), also "timm hp"
+    with the same tunable, so the comparison with equal allocators is printed too."""
+    tunables = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":")
+                if t and t != f"{huge_pages.TUNABLE}=1"]
+    shipped = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    shipped["EFFNETV2_JAX_HUGE_PAGES"] = "0"  # the worker runs this script: no restart
+    if tunables:
+        shipped["GLIBC_TUNABLES"] = ":".join(tunables)
+    environments = {"timm": shipped}
+    if f"{huge_pages.TUNABLE}=1" in os.environ.get("GLIBC_TUNABLES", "").split(":"):
+        environments["timm hp"] = dict(os.environ)
+    return environments
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--train-size", type=int, default=128, help="pixels")
@@ -124,22 +197,41 @@ def main(argv=None):
     p.add_argument("--device", default="cpu", help="timm's torch device: cpu, cuda")
     p.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     p.add_argument("--repeats", type=int, default=5, help="timed runs of each, alternating")
+    p.add_argument("--settle", type=int, default=1,
+                   help="untimed runs before each timed one, so it follows a run of its own "
+                        "(0: strict alternation)")
     p.add_argument("--skip-eval", action="store_true")
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--quick", action="store_true", help="smoke run: 64 px, batch 4, 2 repeats")
     p.add_argument("--out", default=str(RESULTS), help="output folder")
     p.add_argument("--name", default="vs_timm", help="CSV / PNG file stem")
+    p.add_argument("--timm-worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         args.train_size, args.eval_size, args.batch, args.repeats = 64, 64, 4, 2
+    if args.timm_worker:
+        return _serve_timm(args)
 
-    timm_train, timm_eval, torch_version, timm_version = timm_runners(
-        train_size=args.train_size, eval_size=args.eval_size, batch=args.batch,
-        optimizer=args.optimizer, channels_last=args.channels_last, device=args.device,
-        dtype=args.dtype)
-    print(f"jax {jax.__version__} ({args.conv_impl} convs); torch {torch_version}, timm "
-          f"{timm_version} ({'channels_last' if args.channels_last else 'NCHW'}); "
-          f"{os.cpu_count()} CPUs; {load_line()}", flush=True)
+    worker_args = [f"--train-size={args.train_size}", f"--eval-size={args.eval_size}",
+                   f"--batch={args.batch}", f"--optimizer={args.optimizer}",
+                   f"--dtype={args.dtype}", f"--device={args.device}"]
+    if not args.channels_last:
+        worker_args.append("--no-channels-last")
+    timm = {column: TimmProcess(worker_args, env)
+            for column, env in _timm_environments().items()}
+    try:
+        return _compare(args, timm)
+    finally:
+        for process in timm.values():
+            process.close()
+
+
+def _compare(args, timm: dict[str, TimmProcess]) -> None:
+    versions = next(iter(timm.values())).versions
+    print(f"jax {jax.__version__} ({args.conv_impl} convs); torch {versions['torch']}, timm "
+          f"{versions['timm']} ({'channels_last' if args.channels_last else 'NCHW'}), "
+          f"in processes of their own: {', '.join(timm)}; {os.cpu_count()} CPUs; "
+          f"{load_line()}", flush=True)
     workloads = {}
     if not args.skip_train:
         c, state, batch = compile_train_step(
@@ -147,59 +239,68 @@ def main(argv=None):
             dtype=args.dtype, conv_impl=args.conv_impl, optimizer=args.optimizer)
         print(f"ours train step: compiled in {c.trace_s + c.compile_s:.1f} s", flush=True)
         workloads["train"] = (f"train {args.train_size} px b{args.batch} {args.optimizer}",
-                              train_runner(c, state, batch), timm_train, c.flops_per_image)
+                              train_runner(c, state, batch), c.flops_per_image)
     if not args.skip_eval:
         c, variables, images = compile_eval(
             "efficientnetv2-s", image_size=args.eval_size, batch=args.batch,
             dtype=args.dtype, conv_impl=args.conv_impl)
         print(f"ours eval forward: compiled in {c.trace_s + c.compile_s:.1f} s", flush=True)
         workloads["eval"] = (f"eval {args.eval_size} px b{args.batch}",
-                             eval_runner(c, variables, images), timm_eval, c.flops_per_image)
+                             eval_runner(c, variables, images), c.flops_per_image)
 
     runners = {}
-    for name, (_, ours, theirs, _) in workloads.items():
-        runners[f"{name}/ours"], runners[f"{name}/timm"] = ours, theirs
-    times = alternate(runners, args.repeats)
-    peak = max(matmul_peak(args.dtype), torch_matmul_peak(args.device))
+    for name, (_, ours, _) in workloads.items():
+        runners[f"{name}/ours"] = ours
+        for column, process in timm.items():
+            runners[f"{name}/{column}"] = process.runner(name)
+    times = alternate(runners, args.repeats, settle=args.settle)
+    peak = max(matmul_peak(args.dtype), next(iter(timm.values())).ask("peak"))
     rows = []
-    print(f"{'workload':32s} {'ours s':>7s} {'timm s':>7s} {'ours img/s':>10s} "
-          f"{'timm img/s':>10s} {'ratio':>6s} {'ours of':>8s} {'timm of':>8s}")
-    for name, (label, _, _, flops_per_image) in workloads.items():
-        ours, theirs = median(times[f"{name}/ours"]), median(times[f"{name}/timm"])
-        rows.append({"workload": label, "ours_s": ours, "timm_s": theirs,
-                     "ours_images_per_s": args.batch / ours,
-                     "timm_images_per_s": args.batch / theirs, "ratio": theirs / ours,
-                     "ours_of_peak": flops_per_image * args.batch / ours / peak,
-                     "timm_of_peak": flops_per_image * args.batch / theirs / peak,
-                     "matmul_peak_gflops": peak / 1e9,
-                     "ours_times": " ".join(f"{t:.3f}" for t in times[f"{name}/ours"]),
-                     "timm_times": " ".join(f"{t:.3f}" for t in times[f"{name}/timm"]),
-                     "conv_impl": args.conv_impl, "dtype": args.dtype,
-                     "backend": jax.default_backend(), "torch_device": args.device,
-                     "channels_last": args.channels_last,
-                     "torch": torch_version, "timm": timm_version, "load1": load1()})
-        r = rows[-1]
-        print(f"{label:32s} {ours:7.3f} {theirs:7.3f} {r['ours_images_per_s']:10.2f} "
-              f"{r['timm_images_per_s']:10.2f} {r['ratio']:5.2f}x {r['ours_of_peak']:8.0%} "
-              f"{r['timm_of_peak']:8.0%}")
-    print(f"of peak: model FLOP/s (2 x multiply-adds, x3 for a train step) over the fastest "
-          f"matmul measured here (jax, numpy, torch): {peak / 1e9:.1f} GFLOP/s")
+    header = f"{'workload':32s} {'ours s':>7s} {'ours img/s':>10s} {'ours of':>8s}"
+    for column in timm:
+        header += f" | {column + ' s':>9s} {'img/s':>7s} {'of peak':>7s} {'ratio':>6s}"
+    print(header)
+    for name, (label, _, flops_per_image) in workloads.items():
+        ours = median(times[f"{name}/ours"])
+        r = {"workload": label, "ours_s": ours, "ours_images_per_s": args.batch / ours,
+             "ours_of_peak": flops_per_image * args.batch / ours / peak,
+             "ours_times": " ".join(f"{t:.3f}" for t in times[f"{name}/ours"])}
+        line = f"{label:32s} {ours:7.3f} {r['ours_images_per_s']:10.2f} {r['ours_of_peak']:8.0%}"
+        for column in timm:
+            key = column.replace(" ", "_")
+            theirs = median(times[f"{name}/{column}"])
+            r.update({f"{key}_s": theirs, f"{key}_images_per_s": args.batch / theirs,
+                      f"{key}_of_peak": flops_per_image * args.batch / theirs / peak,
+                      f"ratio_{key}": theirs / ours,
+                      f"{key}_times": " ".join(f"{t:.3f}" for t in times[f"{name}/{column}"])})
+            line += (f" | {theirs:9.3f} {args.batch / theirs:7.2f} {r[f'{key}_of_peak']:7.0%} "
+                     f"{theirs / ours:5.2f}x")
+        r.update({"matmul_peak_gflops": peak / 1e9, "conv_impl": args.conv_impl,
+                  "dtype": args.dtype, "backend": jax.default_backend(),
+                  "torch_device": args.device, "channels_last": args.channels_last,
+                  "torch": versions["torch"], "timm": versions["timm"], "load1": load1()})
+        rows.append(r)
+        print(line)
+    print(f"ratio: ours / timm in images/s (> 1: we are faster). of peak: model FLOP/s "
+          f"(2 x multiply-adds, x3 for a train step) over the fastest matmul measured here "
+          f"(jax, numpy, torch): {peak / 1e9:.1f} GFLOP/s")
     for r, target in zip(rows, [TARGETS.get(name) for name in workloads]):
         if target:
-            print(f"{r['workload']}: {target:.2f}x timm would need "
-                  f"{target * r['timm_of_peak']:.0%} of that peak")
+            needs = ", ".join(f"{target * r[column.replace(' ', '_') + '_of_peak']:.0%} "
+                              f"({column})" for column in timm)
+            print(f"{r['workload']}: {target:.2f}x timm would need {needs} of that peak")
     print(load_line(), flush=True)
     out = Path(args.out)
     write_csv(rows, out / f"{args.name}.csv")
-    bar_chart(out / f"{args.name}.png", [r["workload"] for r in rows],
-              {"effnetv2_jax": [r["ours_images_per_s"] for r in rows],
-               "timm": [r["timm_images_per_s"] for r in rows]},
+    series = {"effnetv2_jax": [r["ours_images_per_s"] for r in rows]}
+    for column in timm:
+        series[column] = [r[f"{column.replace(' ', '_')}_images_per_s"] for r in rows]
+    bar_chart(out / f"{args.name}.png", [r["workload"] for r in rows], series,
               ylabel="images / s",
               title=f"EfficientNetV2-S, {args.dtype}, {jax.default_backend()} / torch "
                     f"{args.device}: effnetv2_jax vs timm",
-              annotate=[f"{r['ratio']:.2f}x" for r in rows])
-    return rows
-
+              annotate=[" / ".join(f"{r['ratio_' + column.replace(' ', '_')]:.2f}x"
+                                   for column in timm) for r in rows])
 
 if __name__ == "__main__":
     huge_pages.restart_with_huge_pages()  # as effnetv2_jax.main does
