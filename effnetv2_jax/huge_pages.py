@@ -82,8 +82,9 @@ def wanted() -> bool:
 
 def restart_with_huge_pages() -> None:
     """Execs this process's own command line again with `glibc.malloc.hugetlb=1` added to
-    GLIBC_TUNABLES, where `wanted()`; returns (doing nothing) otherwise. Call it first thing in
-    an entry point, before threads start or files are written."""
+    GLIBC_TUNABLES, where `wanted()`; returns (doing nothing) otherwise, or if the exec fails
+    (after saying so on stderr). Call it first thing in an entry point, before threads start or
+    files are written."""
     if not wanted():
         return
     tunables = os.environ.get("GLIBC_TUNABLES", "")
@@ -93,4 +94,8 @@ def restart_with_huge_pages() -> None:
           "XLA's buffers; EFFNETV2_JAX_HUGE_PAGES=0 skips this)", file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+    try:
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+    except OSError as error:  # the run goes on as it is, only slower
+        print(f"effnetv2_jax: could not restart ({error}); going on without huge pages",
+              file=sys.stderr)

@@ -92,3 +92,14 @@ def test_the_command_line_restarts_once_then_parses_its_flags():
     assert done.returncode != 0
     assert done.stderr.count("restarting with GLIBC_TUNABLES=glibc.malloc.hugetlb=1") == 1
     assert "Flag --config must have a value other than None" in done.stderr
+
+
+def test_a_failed_restart_goes_on_without_huge_pages(monkeypatch, capsys):
+    def refuse(*args):
+        raise PermissionError("exec refused")
+
+    monkeypatch.setattr(huge_pages, "wanted", lambda: True)
+    monkeypatch.setattr(huge_pages.os, "execve", refuse)
+    huge_pages.restart_with_huge_pages()  # returns instead of raising
+    err = capsys.readouterr().err
+    assert "could not restart (exec refused); going on without huge pages" in err
