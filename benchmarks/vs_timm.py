@@ -5,7 +5,7 @@ so that both see the same background load. timm runs in a process of its own, as
 it, driven over a pipe (in one process, each library's freed memory and idle threads slowed the
 other's next step: ours by up to 1 s). Where this script restarted with glibc's huge pages, as
 `effnetv2_jax.main` does (`effnetv2_jax/huge_pages.py`), timm runs twice: "timm" with glibc's
-defaults, as shipped, and "timm hp" with the same tunable, so that the comparison with equal
+defaults, as shipped, and "timm_hp" with the same tunable, so that the comparison with equal
 allocators is printed beside it. Each timed run follows an untimed one of the same library
 (`--settle`, default 1), as steps follow each other in training:
   * train step: V2-S, 128 px, batch 32, float32, SGD (momentum 0.9) or RMSProp (decay 0.9,
@@ -171,17 +171,17 @@ def _serve_timm(args) -> None:
 
 def _timm_environments() -> dict[str, dict[str, str]]:
     """{column: environment} for the timm processes: "timm" with glibc's default malloc, as timm
-    users run it; where this process restarted with huge pages (`huge_pages.py`), also "timm hp"
+    users run it; where this process restarted with huge pages (`huge_pages.py`), also "timm_hp"
     with the same tunable, so the comparison with equal allocators is printed too."""
-    tunables = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":")
-                if t and t != f"{huge_pages.TUNABLE}=1"]
+    ours = f"{huge_pages.TUNABLE}=1"
+    tunables = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t]
     shipped = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     shipped["EFFNETV2_JAX_HUGE_PAGES"] = "0"  # the worker runs this script: no restart
-    if tunables:
-        shipped["GLIBC_TUNABLES"] = ":".join(tunables)
+    if others := [t for t in tunables if t != ours]:
+        shipped["GLIBC_TUNABLES"] = ":".join(others)
     environments = {"timm": shipped}
-    if f"{huge_pages.TUNABLE}=1" in os.environ.get("GLIBC_TUNABLES", "").split(":"):
-        environments["timm hp"] = dict(os.environ)
+    if ours in tunables:
+        environments["timm_hp"] = dict(os.environ)
     return environments
 
 
@@ -267,14 +267,14 @@ def _compare(args, timm: dict[str, TimmProcess]) -> None:
              "ours_times": " ".join(f"{t:.3f}" for t in times[f"{name}/ours"])}
         line = f"{label:32s} {ours:7.3f} {r['ours_images_per_s']:10.2f} {r['ours_of_peak']:8.0%}"
         for column in timm:
-            key = column.replace(" ", "_")
             theirs = median(times[f"{name}/{column}"])
-            r.update({f"{key}_s": theirs, f"{key}_images_per_s": args.batch / theirs,
-                      f"{key}_of_peak": flops_per_image * args.batch / theirs / peak,
-                      f"ratio_{key}": theirs / ours,
-                      f"{key}_times": " ".join(f"{t:.3f}" for t in times[f"{name}/{column}"])})
-            line += (f" | {theirs:9.3f} {args.batch / theirs:7.2f} {r[f'{key}_of_peak']:7.0%} "
-                     f"{theirs / ours:5.2f}x")
+            r.update({f"{column}_s": theirs, f"{column}_images_per_s": args.batch / theirs,
+                      f"{column}_of_peak": flops_per_image * args.batch / theirs / peak,
+                      f"ratio_{column}": theirs / ours,
+                      f"{column}_times": " ".join(f"{t:.3f}"
+                                                  for t in times[f"{name}/{column}"])})
+            line += (f" | {theirs:9.3f} {args.batch / theirs:7.2f} "
+                     f"{r[f'{column}_of_peak']:7.0%} {theirs / ours:5.2f}x")
         r.update({"matmul_peak_gflops": peak / 1e9, "conv_impl": args.conv_impl,
                   "dtype": args.dtype, "backend": jax.default_backend(),
                   "torch_device": args.device, "channels_last": args.channels_last,
@@ -286,21 +286,22 @@ def _compare(args, timm: dict[str, TimmProcess]) -> None:
           f"(jax, numpy, torch): {peak / 1e9:.1f} GFLOP/s")
     for r, target in zip(rows, [TARGETS.get(name) for name in workloads]):
         if target:
-            needs = ", ".join(f"{target * r[column.replace(' ', '_') + '_of_peak']:.0%} "
-                              f"({column})" for column in timm)
+            needs = ", ".join(f"{target * r[column + '_of_peak']:.0%} ({column})"
+                              for column in timm)
             print(f"{r['workload']}: {target:.2f}x timm would need {needs} of that peak")
     print(load_line(), flush=True)
     out = Path(args.out)
     write_csv(rows, out / f"{args.name}.csv")
     series = {"effnetv2_jax": [r["ours_images_per_s"] for r in rows]}
     for column in timm:
-        series[column] = [r[f"{column.replace(' ', '_')}_images_per_s"] for r in rows]
+        series[column] = [r[f"{column}_images_per_s"] for r in rows]
     bar_chart(out / f"{args.name}.png", [r["workload"] for r in rows], series,
               ylabel="images / s",
               title=f"EfficientNetV2-S, {args.dtype}, {jax.default_backend()} / torch "
                     f"{args.device}: effnetv2_jax vs timm",
-              annotate=[" / ".join(f"{r['ratio_' + column.replace(' ', '_')]:.2f}x"
-                                   for column in timm) for r in rows])
+              annotate=[" / ".join(f"{r['ratio_' + column]:.2f}x" for column in timm)
+                        for r in rows])
+
 
 if __name__ == "__main__":
     huge_pages.restart_with_huge_pages()  # as effnetv2_jax.main does
