@@ -1,5 +1,7 @@
-"""The C++ depthwise weight gradient equals the XLA formulation and float64 numpy; without a
-compiler (or switched off) the package falls back to XLA code with a warning, same values."""
+"""The C++ kernels: the depthwise weight gradient equals the XLA formulation and float64 numpy,
+the materialising identity is one; the model uses them with one device only (no gathers in a
+sharded step); without a compiler (or switched off) it falls back to XLA code with a warning,
+same values."""
 
 import os
 import subprocess
@@ -40,19 +42,40 @@ def test_native_weight_gradient_matches_xla_and_float64(n, h, w, c, k, stride):
     np.testing.assert_allclose(native, xla, rtol=1e-5, atol=1e-5)
 
 
-def test_depthwise_gradient_uses_the_kernel_and_equals_xla_convs():
-    """The "cpu" impl's whole VJP (with the C++ weight gradient) against XLA's grouped conv."""
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.standard_normal((2, 9, 9, 12)), jnp.float32)
-    kernel = jnp.asarray(rng.standard_normal((3, 3, 1, 12)), jnp.float32)
+def test_materialize_is_the_identity_aliased_or_copied():
+    assert cpu_kernels.available()
+    for x in (jnp.arange(24, dtype=jnp.float32).reshape(2, 3, 4),
+              jnp.linspace(-3, 3, 60, dtype=jnp.bfloat16).reshape(3, 20),
+              jnp.arange(7, dtype=jnp.int32)):
+        # Aliased: the operand is a temporary with no other reader.
+        np.testing.assert_array_equal(jax.jit(lambda x: cpu_kernels.materialize(x * 2))(x),
+                                      np.asarray(x) * 2)
+        # Copied: the operand is a parameter that is not donated, and still read afterwards.
+        both = jax.jit(lambda x: (cpu_kernels.materialize(x), x + 1))(x)
+        np.testing.assert_array_equal(both[0], x)
+        np.testing.assert_array_equal(both[1], np.asarray(x) + 1)
+    batch = jnp.arange(12.0).reshape(3, 4)
+    np.testing.assert_array_equal(jax.vmap(cpu_kernels.materialize)(batch), batch)
+
+
+def test_with_several_devices_the_sharded_gradient_is_xla_code_without_gathers():
+    """The custom calls have no partitioning rule: in a batch-sharded step (conftest gives 4
+    devices) the model keeps to XLA's code, so nothing is gathered onto every device."""
+    assert jax.device_count() == 4 and not cpu_kernels.enabled()
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+    x = jax.device_put(jnp.asarray(np.random.default_rng(3).standard_normal((8, 9, 9, 12)),
+                                   jnp.float32),
+                       jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
+    kernel = jnp.asarray(np.random.default_rng(4).standard_normal((3, 3, 1, 12)), jnp.float32)
 
     def loss(impl):
-        return lambda x, kernel: jnp.sum(jnp.sin(conv_ops.depthwise_conv2d(x, kernel, 2, impl)))
+        return lambda k, x: jnp.sum(jnp.sin(conv_ops.depthwise_conv2d(x, k, 2, impl)))
 
-    grad = jax.jit(jax.grad(loss("cpu"), argnums=(0, 1)))
-    assert cpu_kernels.DEPTHWISE_KERNEL_GRAD in grad.lower(x, kernel).as_text()
-    for got, want in zip(grad(x, kernel), jax.grad(loss("xla"), argnums=(0, 1))(x, kernel)):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    grad = jax.jit(jax.grad(loss("cpu")))
+    optimised = grad.lower(kernel, x).compile().as_text()
+    assert "all-gather" not in optimised and "custom-call" not in optimised
+    np.testing.assert_allclose(grad(kernel, x), jax.grad(loss("xla"))(kernel, x),
+                               rtol=1e-4, atol=1e-4)
 
 
 # A process registers one library, so the fallbacks are checked in fresh processes, as a user
@@ -60,19 +83,27 @@ def test_depthwise_gradient_uses_the_kernel_and_equals_xla_convs():
 _FRESH_PROCESS = """
 import jax, jax.numpy as jnp, numpy as np
 from effnetv2_jax.models import conv_ops, cpu_kernels
-x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 6, 6, 4)), jnp.float32)
-kernel = jnp.asarray(np.random.default_rng(2).standard_normal((3, 3, 1, 4)), jnp.float32)
-grad = jax.jit(jax.grad(lambda k: jnp.sum(conv_ops.depthwise_conv2d(x, k, 1, "cpu") ** 2)))
-want = jax.grad(lambda k: jnp.sum(conv_ops.depthwise_conv2d(x, k, 1, "xla") ** 2))(kernel)
-np.testing.assert_allclose(grad(kernel), want, rtol=1e-4, atol=1e-4)
-print("native:", cpu_kernels.available(),
-      cpu_kernels.DEPTHWISE_KERNEL_GRAD in grad.lower(kernel).as_text())
+x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 9, 9, 12)), jnp.float32)
+kernel = jnp.asarray(np.random.default_rng(2).standard_normal((3, 3, 1, 12)), jnp.float32)
+def loss(impl, stride):
+    return lambda x, k: jnp.sum(jnp.sin(conv_ops.depthwise_conv2d(x, k, stride, impl)))
+for stride in (1, 2):
+    grad = jax.jit(jax.grad(loss("cpu", stride), argnums=(0, 1)))
+    for got, want in zip(grad(x, kernel), jax.grad(loss("xla", stride), argnums=(0, 1))(x, kernel)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+text = grad.lower(x, kernel).as_text()
+print("native:", cpu_kernels.available(), all(t in text for t in cpu_kernels.TARGETS))
+# The forward's output goes through the identity kernel in the optimised HLO too, once.
+mean = jax.jit(lambda x, k: jnp.mean(conv_ops.depthwise_conv2d(x, k, 1, "cpu"), (1, 2)))
+print("materialised:", mean.lower(x, kernel).compile().as_text().count(
+    'custom_call_target="effnetv2_materialize"'))
 """
 
 
 def _fresh_process(tmp_path, **env):
     done = subprocess.run([sys.executable, "-c", _FRESH_PROCESS], capture_output=True, text=True,
-                          env={**os.environ, "EFFNETV2_JAX_KERNEL_CACHE": str(tmp_path), **env},
+                          env={**os.environ, "EFFNETV2_JAX_KERNEL_CACHE": str(tmp_path),
+                               "JAX_NUM_CPU_DEVICES": "1", **env},
                           timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout, done.stderr
@@ -84,15 +115,17 @@ def _fresh_process(tmp_path, **env):
     ({"EFFNETV2_JAX_NATIVE_KERNELS": "0"}, None)])
 def test_without_the_kernels_xla_code_gives_the_same_gradient(env, why, tmp_path):
     out, err = _fresh_process(tmp_path, **env)
-    assert "native: False False" in out
+    assert "native: False False" in out and "materialised: 0" in out
     if why:
         assert why in err and "using XLA's code" in err
     assert list(tmp_path.iterdir()) == []  # nothing built, no half-written file left behind
 
 
 def test_the_build_is_cached_per_source_and_machine(tmp_path):
+    """One device: the gradient (strides 1 and 2) uses both kernels and equals XLA's convs,
+    and the depthwise output is materialised once."""
     out, _ = _fresh_process(tmp_path)
-    assert "native: True True" in out
+    assert "native: True True" in out and "materialised: 1" in out
     (built,) = tmp_path.iterdir()
     assert built.name.startswith("cpu_kernels-") and built.suffix == ".so"
     stamp = built.stat().st_mtime_ns

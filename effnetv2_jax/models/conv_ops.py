@@ -16,7 +16,8 @@ within 1e-4; see ``tests/test_conv_ops.py``):
     backward, and a weight gradient reduced in cache-sized batch chunks:
     forward+backward 20-45x faster (forward alone 4-26x on a bare input). The weight
     gradient is a C++ kernel (``cpu_kernels.py``) where it can be built, another 5-14x;
-    the chunked XLA reduction otherwise.
+    the chunked XLA reduction otherwise. Its output is materialised (a no-op kernel), as
+    XLA would otherwise recompute the ``k*k`` taps inside each consumer.
   - ``1 x 1``: a 2-D matmul on the flattened pixels (stride 2 = subsample first):
     forward+backward 1.3-4x faster than the conv.
   - dense ``k x k``: forward and input gradient stay ``lax`` convs (XLA:CPU is fast
@@ -324,15 +325,17 @@ def _depthwise_vjp(x, kernel, stride, h, w):
 
 def _depthwise_vjp_fwd(x, kernel, stride, h, w):
     xp = _pad_same(x, kernel.shape[0], stride)  # materialised once, reused by the backward
-    y = _depthwise_taps(xp, kernel, stride, -(-h // stride), -(-w // stride))
-    return y.astype(x.dtype), (xp, kernel)
+    y = _depthwise_taps(xp, kernel, stride, -(-h // stride), -(-w // stride)).astype(x.dtype)
+    if cpu_kernels.enabled():  # computed once, not again in each consumer (cpu_kernels.py)
+        y = cpu_kernels.materialize(y)
+    return y, (xp, kernel)
 
 
 def _depthwise_vjp_bwd(stride, h, w, res, dy):
     xp, kernel = res
     dx = _depthwise_input_grad(dy, kernel, h, w, stride)
     k = kernel.shape[0]
-    if cpu_kernels.available():  # CPU backend only; 5-14x faster, same values
+    if cpu_kernels.enabled():  # CPU, one device; 5-14x faster, same values
         dw = cpu_kernels.depthwise_kernel_grad(xp, dy, k, stride).reshape(kernel.shape)
     else:
         dw = _depthwise_kernel_grad(xp, dy, k, stride)

@@ -8,9 +8,15 @@
 // 0.1-1 GFLOP/s; here each output pixel adds k*k vectorised rows of C products into a k*k*C
 // accumulator that stays in L1/L2 (5-14x faster on V2-S's shapes). Each image is summed on its
 // own and then added to the total, so rounding grows with pixels per image, not the batch.
+//
+// effnetv2_materialize: the identity, its result aliased to its operand. It marks a value that
+// XLA must write to memory once: XLA fuses cheap elementwise producers (such as the depthwise
+// conv's k*k shifted multiply-adds) into every consumer, and its reduction loops, which then
+// recompute the producer per output element, run on one thread without vectors.
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -64,3 +70,17 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(effnetv2_depthwise_kernel_grad, DepthwiseKernelGra
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("stride"));
+
+static ffi::Error Materialize(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y) {
+  if (x.element_type() != y->element_type() || x.size_bytes() != y->size_bytes()) {
+    return ffi::Error::InvalidArgument("effnetv2_materialize: result must match the operand");
+  }
+  // Aliased, the buffers are one and there is nothing to do; XLA may still hand a copy.
+  if (x.untyped_data() != y->untyped_data()) {
+    std::memcpy(y->untyped_data(), x.untyped_data(), x.size_bytes());
+  }
+  return ffi::Error::Success();
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(effnetv2_materialize, Materialize,
+                              ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());

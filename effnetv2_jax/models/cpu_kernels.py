@@ -1,8 +1,11 @@
-"""Hand-written XLA:CPU kernels (C++, `cpu_kernels.cc`) through `jax.ffi`, for the op whose
-XLA-generated code is furthest from the hardware: the depthwise convolution's weight gradient
-(XLA reduces over batch and pixels with channels minor at 0.1-1 GFLOP/s; the kernel is 5-14x
-faster on V2-S's layer shapes, and the V2-S train step at 128 px, batch 32 takes 2.6 s instead of
-3.1 s, `benchmarks/vs_timm.py`).
+"""Hand-written XLA:CPU kernels (C++, `cpu_kernels.cc`) through `jax.ffi`, where XLA's own
+code is furthest from the hardware:
+
+- `depthwise_kernel_grad`: the depthwise convolution's weight gradient (XLA reduces over batch
+  and pixels with channels minor at 0.1-1 GFLOP/s; the kernel is 5-14x faster on V2-S's layer
+  shapes: the V2-S train step at 128 px, batch 32 took 2.6 s instead of 3.1 s);
+- `materialize`: an identity that makes XLA write the depthwise conv's output once instead of
+  recomputing its k*k multiply-adds inside every consumer (2.2 -> 1.75 s for that step).
 
 The library is built on first use with the system C++ compiler (`CXX`, default g++) against
 jaxlib's FFI headers, into `$EFFNETV2_JAX_KERNEL_CACHE` (default `~/.cache/effnetv2_jax/kernels`),
@@ -11,7 +14,9 @@ under a name that hashes the source, the jaxlib version, the flags and this CPU'
 concurrent processes never load a half-written file (a cached file that cannot be loaded is
 built again). Where there is no compiler, the build fails, or `EFFNETV2_JAX_NATIVE_KERNELS=0`,
 `available()` is False (a warning says why, once) and `conv_ops` keeps its pure-XLA
-formulation, which gives the same values.
+formulation, which gives the same values. The model uses the kernels only where `enabled()`:
+also with a single device, as the custom calls have no SPMD partitioning rule (in a step
+sharded over several devices XLA would gather their operands onto every device).
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ import numpy as np
 from absl import logging
 
 DEPTHWISE_KERNEL_GRAD = "effnetv2_depthwise_kernel_grad"
+MATERIALIZE = "effnetv2_materialize"
+TARGETS = (DEPTHWISE_KERNEL_GRAD, MATERIALIZE)
 SOURCE = Path(__file__).with_name("cpu_kernels.cc")
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 
@@ -92,15 +99,21 @@ def available() -> bool:
         except OSError:  # a damaged cached file: built again, once
             _build(path)
             library = ctypes.cdll.LoadLibrary(str(path))
-        jax.ffi.register_ffi_target(DEPTHWISE_KERNEL_GRAD,
-                                    jax.ffi.pycapsule(library.effnetv2_depthwise_kernel_grad),
-                                    platform="cpu")
+        for target in TARGETS:
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, target)),
+                                        platform="cpu")
     except Exception as error:  # noqa: BLE001 - any failure means: use the XLA formulation
         logging.warning("effnetv2_jax's C++ CPU kernels are unavailable (%s: %s); using XLA's "
                         "code for the depthwise weight gradient (5-14x slower on the CPU)",
                         type(error).__name__, error)
         return False
     return True
+
+
+def enabled() -> bool:
+    """Whether the model should call the kernels: `available()`, and a single device in the
+    process group (`jax.device_count()`), so no step is sharded. Checked at trace time."""
+    return jax.device_count() == 1 and available()
 
 
 def depthwise_kernel_grad(xp, dy, k: int, stride: int):
@@ -111,3 +124,16 @@ def depthwise_kernel_grad(xp, dy, k: int, stride: int):
     xp, dy = xp.astype(jnp.float32), dy.astype(jnp.float32)
     out = jax.ShapeDtypeStruct((k, k, xp.shape[-1]), jnp.float32)
     return jax.ffi.ffi_call(DEPTHWISE_KERNEL_GRAD, out)(xp, dy, stride=np.int64(stride))
+
+
+def materialize(x):
+    """`x`, written to memory once: its producer is computed in one pass, not again inside
+    each consumer. Costs nothing (the result aliases the operand). Needs `available()` and
+    the CPU backend.
+
+    Why: XLA:CPU fuses a cheap elementwise producer into all its consumers. For the depthwise
+    conv's output (9 shifted multiply-adds) those are the BN statistics, the squeeze-excite
+    mean and several backward reductions, whose loops run on one thread without vectors.
+    """
+    return jax.ffi.ffi_call(MATERIALIZE, jax.ShapeDtypeStruct(x.shape, x.dtype),
+                            input_output_aliases={0: 0}, vmap_method="broadcast_all")(x)

@@ -55,7 +55,7 @@ def _versions() -> dict:
     import optax
     return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
             "optax": optax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
-            "cpu_kernels": cpu_kernels.available(), "format": _FORMAT}
+            "cpu_kernels": cpu_kernels.enabled(), "format": _FORMAT}
 
 
 def _describe_leaf(leaf) -> str:
@@ -139,8 +139,8 @@ def compile_step(fn, args: tuple, *, name: str, description: dict, out_sharding,
 
         exported = jax.export.export(
             jax.jit(flat, in_shardings=in_shardings, out_shardings=out_sharding),
-            disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(
-                cpu_kernels.DEPTHWISE_KERNEL_GRAD)])(*leaves)
+            disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(target)
+                             for target in cpu_kernels.TARGETS])(*leaves)
         out_tree = trees["out"]
     compiled = jax.jit(exported.call, in_shardings=in_shardings, out_shardings=out_sharding,
                        donate_argnums=donate).lower(*leaves).compile()
