@@ -56,6 +56,11 @@ def test_materialize_is_the_identity_aliased_or_copied():
         np.testing.assert_array_equal(both[1], np.asarray(x) + 1)
     batch = jnp.arange(12.0).reshape(3, 4)
     np.testing.assert_array_equal(jax.vmap(cpu_kernels.materialize)(batch), batch)
+    # Differentiable as the identity, forward and reverse mode.
+    np.testing.assert_array_equal(
+        jax.grad(lambda x: jnp.sum(cpu_kernels.materialize(x) ** 2))(batch), 2 * batch)
+    np.testing.assert_array_equal(
+        jax.jvp(cpu_kernels.materialize, (batch,), (jnp.ones_like(batch),))[1], 1.0)
 
 
 def test_with_several_devices_the_sharded_gradient_is_xla_code_without_gathers():

@@ -126,6 +126,7 @@ def depthwise_kernel_grad(xp, dy, k: int, stride: int):
     return jax.ffi.ffi_call(DEPTHWISE_KERNEL_GRAD, out)(xp, dy, stride=np.int64(stride))
 
 
+@jax.custom_jvp
 def materialize(x):
     """`x`, written to memory once: its producer is computed in one pass, not again inside
     each consumer. Costs nothing (the result aliases the operand). Needs `available()` and
@@ -134,6 +135,12 @@ def materialize(x):
     Why: XLA:CPU fuses a cheap elementwise producer into all its consumers. For the depthwise
     conv's output (9 shifted multiply-adds) those are the BN statistics, the squeeze-excite
     mean and several backward reductions, whose loops run on one thread without vectors.
+    Differentiable: the tangent passes through as it is.
     """
     return jax.ffi.ffi_call(MATERIALIZE, jax.ShapeDtypeStruct(x.shape, x.dtype),
                             input_output_aliases={0: 0}, vmap_method="broadcast_all")(x)
+
+
+@materialize.defjvp
+def _materialize_jvp(primals, tangents):
+    return materialize(primals[0]), tangents[0]
