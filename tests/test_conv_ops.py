@@ -177,18 +177,19 @@ def test_depthwise_cpu_matches_xla(hw, k, s):
 
 
 def test_cpu_matches_xla_with_chunked_weight_gradient(monkeypatch):
-    # Force the batch-chunked weight-gradient loop with a ragged last chunk (5 = 2+2+1),
-    # which the small shapes above do not reach with the default chunk size. The chunk
-    # is sized on one image of the input (9x9x6 float32; depthwise: padded to 11x11).
+    # Force the depthwise XLA weight gradient's batch-chunked loop (the C++ kernel is off
+    # with conftest's 4 devices) with a ragged last chunk (5 = 2+2+1), which the small
+    # shapes above do not reach with the default chunk size. The chunk is sized on one
+    # image of the padded input (11x11x6 float32).
+    assert not conv_ops.cpu_kernels.enabled()
     monkeypatch.setattr(conv_ops, "_CHUNK_BYTES", 2 * 11 * 11 * 6 * 4)
     calls = []
     fori_loop = jax.lax.fori_loop
     monkeypatch.setattr(jax.lax, "fori_loop", lambda lo, hi, body, init, **kw: (
         calls.append((lo, hi)), fori_loop(lo, hi, body, init, **kw))[1])
-    for fn, wshape in ((conv2d, (3, 3, 6, 4)), (depthwise_conv2d, (3, 3, 1, 6))):
-        for s in (1, 2):
-            x, w, rng = _inputs((5, 9, 9, 6), wshape, seed=s)
-            _check_impls_agree(fn, x, w, s, rng)
+    for s in (1, 2):
+        x, w, rng = _inputs((5, 9, 9, 6), (3, 3, 1, 6), seed=s)
+        _check_impls_agree(depthwise_conv2d, x, w, s, rng)
     assert calls and all(c == (0, 2) for c in calls), calls  # 2 steps of 2 images (+1)
 
 
@@ -208,15 +209,16 @@ def _primitives(fn, impl, x, w, stride):
 
 @pytest.mark.parametrize("s", (1, 2))
 def test_cpu_path_avoids_slow_xla_ops(s):
-    # The point of "cpu": no grouped conv for depthwise, no conv at all for 1x1, and a
-    # GEMM (not a conv) weight gradient for dense kxk. The "xla" path keeps the convs.
+    # The point of "cpu": no grouped conv for depthwise, no conv at all for 1x1. Dense kxk
+    # keeps XLA's conv (as fast per layer, and faster in the V2-S step: conv_ops docstring).
+    # The "xla" path keeps the convs.
     x = np.ones((2, 8, 8, 4))
     dw_cpu = _primitives(depthwise_conv2d, "cpu", x, np.ones((3, 3, 1, 4)), s)
     pw_cpu = _primitives(conv2d, "cpu", x, np.ones((1, 1, 4, 6)), s)
     dense_cpu = _primitives(conv2d, "cpu", x, np.ones((3, 3, 4, 6)), s)
     assert "conv_general_dilated" not in dw_cpu
     assert "conv_general_dilated" not in pw_cpu and "dot_general" in pw_cpu
-    assert "dot_general" in dense_cpu
+    assert dense_cpu == _primitives(conv2d, "xla", x, np.ones((3, 3, 4, 6)), s)
     assert "conv_general_dilated" in _primitives(depthwise_conv2d, "xla", x,
                                                  np.ones((3, 3, 1, 4)), s)
 

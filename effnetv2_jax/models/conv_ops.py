@@ -20,13 +20,13 @@ within 1e-4; see ``tests/test_conv_ops.py``):
     XLA would otherwise recompute the ``k*k`` taps inside each consumer.
   - ``1 x 1``: a 2-D matmul on the flattened pixels (stride 2 = subsample first):
     forward+backward 1.3-4x faster than the conv.
-  - dense ``k x k``: forward and input gradient stay ``lax`` convs (XLA:CPU is fast
-    there), but the weight gradient (3-4x slower than the forward in XLA) is a sum of
-    ``k*k`` shifted GEMMs, again in cache-sized batch chunks: forward+backward
-    1.1-2.4x.
+  - dense ``k x k``: XLA's own conv, forward and backward. Its weight gradient used to
+    run 3-4x slower than the forward; in jaxlib 0.10 without YNNPACK fusions it is as
+    fast per layer as the sum of ``k*k`` shifted GEMMs this module had instead, and the
+    V2-S step is faster without those (1.67 vs 1.69-1.88 s: no shifted copies).
 
-  A whole EfficientNetV2-S SGD step (batch 32, 128 px) runs 4-5x faster with "cpu"
-  (e.g. 4.9 vs 20.7 s), with about the same compile time.
+  A whole EfficientNetV2-S SGD step (batch 32, 128 px) runs ~5.8x faster with "cpu"
+  (1.69 vs 9.76 s, ``benchmarks/convs.py``), with a shorter compile.
 
 Layouts: activations NHWC, kernels HWIO (Flax / TF): ``conv2d`` kernels are
 ``[k, k, in, out]``, ``depthwise_conv2d`` kernels ``[k, k, 1, channels]``.
@@ -48,7 +48,8 @@ from effnetv2_jax.models import cpu_kernels
 CONV_IMPLS = ("xla", "cpu")
 
 _DIMS = ("NHWC", "HWIO", "NHWC")
-# Per-chunk size (of the input) for the chunked weight gradients. Large enough to
+# Per-chunk size (of the input) for the chunked depthwise weight gradient (the XLA code,
+# where the C++ kernel is not used). Large enough to
 # amortise the loop, small enough that a chunk of x, its shifted copies and dy stay in
 # L2/L3: the depthwise weight gradient of [32,32,32,256] takes 120-200 ms unchunked and
 # 20-50 ms in 1-2 image chunks, because XLA materialises each shifted window before
@@ -99,11 +100,9 @@ def conv2d(x, kernel, stride: int = 1, impl: str = "xla"):
     _check(x, kernel, stride, depthwise=False)
     stride = int(stride)
     kernel = kernel.astype(x.dtype)
-    if impl == "xla":
+    if impl == "xla" or kernel.shape[0] > 1:  # dense k x k: XLA's conv (module docstring)
         return _xla_conv(x, kernel, stride, groups=1)
-    if kernel.shape[0] == 1:
-        return _pointwise(x, kernel, stride)
-    return _dense_cpu(x, kernel, stride)
+    return _pointwise(x, kernel, stride)
 
 
 def depthwise_conv2d(x, kernel, stride: int = 1, impl: str = "xla"):
@@ -345,7 +344,7 @@ def _depthwise_vjp_bwd(stride, h, w, res, dy):
 _depthwise_vjp.defvjp(_depthwise_vjp_fwd, _depthwise_vjp_bwd)
 
 
-# ----------------------------------------------------------------------------- dense
+# ------------------------------------------------------------------------- pointwise
 
 
 def _pointwise(x, kernel, stride):
@@ -360,61 +359,3 @@ def _pointwise(x, kernel, stride):
     y = lax.dot_general(x.reshape(n * h * w, c), kernel[0, 0], (((1,), (0,)), ((), ())),
                         preferred_element_type=jnp.float32)
     return y.reshape(n, h, w, kernel.shape[-1]).astype(x.dtype)
-
-
-def _dense_input_grad(dy, kernel, h, w, stride):
-    """``dx`` = correlation of the stride-dilated ``dy`` with the spatially flipped,
-    in/out-swapped kernel: exactly what JAX's autodiff of the conv emits, and as fast as
-    the forward on XLA:CPU. (k*k shifted GEMMs scattered back, or one GEMM producing all
-    k*k taps then shifted adds, were 1.1-6x slower at stride 1 and mixed at stride 2.)"""
-    k = kernel.shape[0]
-    out_h, out_w = dy.shape[1:3]
-    pads = []
-    for size, out in ((h, out_h), (w, out_w)):
-        before, _ = same_padding(size, k, stride)
-        pads.append((k - 1 - before, size + before - (out - 1) * stride - 1))
-    flipped = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
-    dx = lax.conv_general_dilated(dy, flipped, (1, 1), pads, lhs_dilation=(stride, stride),
-                                  dimension_numbers=_DIMS, preferred_element_type=jnp.float32)
-    return dx.astype(dy.dtype)
-
-
-def _dense_kernel_grad(x, dy, k, stride):
-    """``dw[i, j] = x_pad[:, i::s, j::s].reshape(-1, cin).T @ dy.reshape(-1, cout)``:
-    k*k GEMMs per batch chunk. XLA:CPU's own conv weight gradient runs 3-4x slower than
-    the forward; these are 1.4-4x faster than it (e.g. [32,32,32,48]->192: ~80 vs
-    ~330 ms). Chunking mostly helps: unchunked, the slice copies stream through memory
-    and the GEMMs were up to 3x slower. One im2col GEMM (concatenated slices) was no
-    faster; 4-D einsums instead of 2-D GEMMs were up to 1.7x slower."""
-    out_h, out_w = dy.shape[1:3]
-    cin, cout = x.shape[-1], dy.shape[-1]
-
-    def part(xc, dyc):
-        xp = _pad_same(xc, k, stride)
-        dy2 = dyc.reshape(-1, cout)
-        return jnp.stack([
-            lax.dot_general(_window(xp, i, j, out_h, out_w, stride).reshape(-1, cin), dy2,
-                            (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-            for i in range(k) for j in range(k)])
-
-    dw = _chunked_sum(part, x, dy, jnp.zeros((k * k, cin, cout), jnp.float32))
-    return dw.reshape(k, k, cin, cout)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _dense_cpu(x, kernel, stride):
-    return _xla_conv(x, kernel, stride, groups=1)
-
-
-def _dense_cpu_fwd(x, kernel, stride):
-    return _xla_conv(x, kernel, stride, groups=1), (x, kernel)
-
-
-def _dense_cpu_bwd(stride, res, dy):
-    x, kernel = res
-    dx = _dense_input_grad(dy, kernel, x.shape[1], x.shape[2], stride)
-    dw = _dense_kernel_grad(x, dy, kernel.shape[0], stride).astype(kernel.dtype)
-    return dx, dw
-
-
-_dense_cpu.defvjp(_dense_cpu_fwd, _dense_cpu_bwd)
