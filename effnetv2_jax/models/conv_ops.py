@@ -23,8 +23,8 @@ within 1e-4; see ``tests/test_conv_ops.py``):
   - dense ``k x k``: XLA's own conv, forward and backward. Its weight gradient used to
     run 3-4x slower than the forward; in jaxlib 0.10 without YNNPACK fusions it is as
     fast per layer as the sum of ``k*k`` shifted GEMMs this module had instead, and the
-    V2-S step is faster without those (1.71 vs 1.92 s, A/B in one process: no shifted
-    copies).
+    V2-S step (b32, A/B in one process) is faster without those at 128 px (1.71 vs 1.92 s:
+    no shifted copies) and 192 px (4.41 vs 4.47 s), 5% slower at 64 px (0.51 vs 0.48 s).
 
   A whole EfficientNetV2-S SGD step (batch 32, 128 px) runs ~5.8x faster with "cpu"
   (1.69 vs 9.76 s, ``benchmarks/convs.py``), with a shorter compile.
