@@ -63,6 +63,20 @@ def test_materialize_is_the_identity_aliased_or_copied():
         jax.jvp(cpu_kernels.materialize, (batch,), (jnp.ones_like(batch),))[1], 1.0)
 
 
+def test_spatial_mean_equals_the_mean_and_differentiates():
+    assert cpu_kernels.available()
+    for shape in ((3, 5, 7, 11), (1, 1, 1, 4), (5, 4, 4, 300)):
+        x = jax.random.normal(jax.random.key(shape[-1]), shape)
+        np.testing.assert_allclose(jax.jit(cpu_kernels.spatial_mean)(x), x.mean((1, 2)),
+                                   rtol=1e-6, atol=1e-6)
+    tangent = jnp.ones_like(x)
+    np.testing.assert_allclose(jax.jvp(cpu_kernels.spatial_mean, (x,), (tangent,))[1], 1.0)
+    np.testing.assert_allclose(jax.grad(lambda x: cpu_kernels.spatial_mean(x).sum())(x),
+                               np.full(x.shape, 1 / 16), rtol=1e-6)
+    np.testing.assert_allclose(jax.vmap(cpu_kernels.spatial_mean)(x[None])[0], x.mean((1, 2)),
+                               rtol=1e-6, atol=1e-6)
+
+
 def test_with_several_devices_the_sharded_gradient_is_xla_code_without_gathers():
     """The custom calls have no partitioning rule: in a batch-sharded step (conftest gives 4
     devices) the model keeps to XLA's code, so nothing is gathered onto every device."""
@@ -97,11 +111,27 @@ for stride in (1, 2):
     for got, want in zip(grad(x, kernel), jax.grad(loss("xla", stride), argnums=(0, 1))(x, kernel)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 text = grad.lower(x, kernel).as_text()
-print("native:", cpu_kernels.available(), all(t in text for t in cpu_kernels.TARGETS))
+print("native:", cpu_kernels.available(),
+      all(t in text for t in (cpu_kernels.DEPTHWISE_KERNEL_GRAD, cpu_kernels.MATERIALIZE)))
 # The forward's output goes through the identity kernel in the optimised HLO too, once.
 mean = jax.jit(lambda x, k: jnp.mean(conv_ops.depthwise_conv2d(x, k, 1, "cpu"), (1, 2)))
 print("materialised:", mean.lower(x, kernel).compile().as_text().count(
     'custom_call_target="effnetv2_materialize"'))
+# A tiny V2 with squeeze-excite at inference: the pooling kernel runs, and the logits equal the
+# XLA code's (kernels switched off at trace time).
+import effnetv2_jax
+from flax import nnx
+model = effnetv2_jax.create_model(
+    "efficientnetv2-s", feature_size=64, num_classes=7, block_strings=(
+        "r1_k3_s1_e1_i16_o16_c1", "r1_k3_s2_e4_i16_o24_se0.25", "r1_k3_s2_e4_i24_o32_se0.25"))
+graph, state = nnx.split(model)
+images = jax.random.normal(jax.random.key(0), (3, 40, 40, 3))
+forward = lambda s, x: nnx.merge(graph, s)(x, train=False)
+native = jax.jit(forward)
+text = native.lower(state, images).as_text()
+cpu_kernels.enabled = lambda: False
+gap = float(jnp.abs(native(state, images) - jax.jit(forward)(state, images)).max())
+print("eval kernel:", cpu_kernels.SPATIAL_MEAN in text, gap < 1e-5, gap)
 """
 
 
@@ -121,6 +151,7 @@ def _fresh_process(tmp_path, **env):
 def test_without_the_kernels_xla_code_gives_the_same_gradient(env, why, tmp_path):
     out, err = _fresh_process(tmp_path, **env)
     assert "native: False False" in out and "materialised: 0" in out
+    assert "eval kernel: False True" in out
     if why:
         assert why in err and "using XLA's code" in err
     assert list(tmp_path.iterdir()) == []  # nothing built, no half-written file left behind
@@ -131,6 +162,7 @@ def test_the_build_is_cached_per_source_and_machine(tmp_path):
     and the depthwise output is materialised once."""
     out, _ = _fresh_process(tmp_path)
     assert "native: True True" in out and "materialised: 1" in out
+    assert "eval kernel: True True" in out, out
     (built,) = tmp_path.iterdir()
     assert built.name.startswith("cpu_kernels-") and built.suffix == ".so"
     stamp = built.stat().st_mtime_ns

@@ -57,8 +57,8 @@ class MBConv(_Block):
         self.depthwise_conv = DepthwiseConv2D(mid, block.kernel_size, stride=block.stride,
                                               impl=conv_impl, dtype=dtype, key=k2)
         self.depthwise_bn = BatchNorm(mid, **bn)
-        self.se = (SqueezeExcite(mid, block.se_channels, activation=activation, dtype=dtype,
-                                 key=k3) if block.se_channels else None)
+        self.se = (SqueezeExcite(mid, block.se_channels, activation=activation, impl=conv_impl,
+                                 dtype=dtype, key=k3) if block.se_channels else None)
         self.project_conv = Conv2D(mid, block.out_channels, 1, impl=conv_impl, dtype=dtype,
                                    key=k4)
         self.project_bn = BatchNorm(block.out_channels, **bn)
@@ -70,7 +70,7 @@ class MBConv(_Block):
             y = self.expand_bn(self.expand_conv(y), **bn)
         y = self.depthwise_bn(self.depthwise_conv(y), **bn)
         if self.se is not None:
-            y = self.se(y)
+            y = self.se(y, train=train)
         y = self.project_bn(self.project_conv(y), use_running_average=not train)
         return self._finish(x, y, train, key)
 
@@ -92,15 +92,17 @@ class FusedMBConv(_Block):
             self.fused_conv = Conv2D(cin, mid, k, stride=s, impl=conv_impl, dtype=dtype,
                                      key=k1)
             self.fused_bn = BatchNorm(mid, **bn)
-            self.se = (SqueezeExcite(mid, block.se_channels, activation=activation, dtype=dtype,
-                                     key=k3) if block.se_channels else None)
+            self.se = (SqueezeExcite(mid, block.se_channels, activation=activation,
+                                     impl=conv_impl, dtype=dtype, key=k3)
+                       if block.se_channels else None)
             self.project_conv = Conv2D(mid, cout, 1, impl=conv_impl, dtype=dtype, key=k4)
             self.project_bn = BatchNorm(cout, **bn)
         else:
             # As the official code: with no expansion, SE (never used by a released model) gates
             # the block input, before the single kxk conv.
-            self.se = (SqueezeExcite(cin, block.se_channels, activation=activation, dtype=dtype,
-                                     key=k3) if block.se_channels else None)
+            self.se = (SqueezeExcite(cin, block.se_channels, activation=activation,
+                                     impl=conv_impl, dtype=dtype, key=k3)
+                       if block.se_channels else None)
             self.fused_conv = Conv2D(cin, cout, k, stride=s, impl=conv_impl, dtype=dtype,
                                      key=k1)
             self.fused_bn = BatchNorm(cout, **bn)
@@ -109,12 +111,12 @@ class FusedMBConv(_Block):
     def __call__(self, x, *, train: bool = False, key: jax.Array | None = None):
         bn = dict(use_running_average=not train, activation=self.activation)
         if not self.has_expansion:
-            y = self.se(x) if self.se is not None else x
+            y = self.se(x, train=train) if self.se is not None else x
             y = self.fused_bn(self.fused_conv(y), **bn)
             return self._finish(x, y, train, key)
         y = self.fused_bn(self.fused_conv(x), **bn)
         if self.se is not None:
-            y = self.se(y)
+            y = self.se(y, train=train)
         y = self.project_bn(self.project_conv(y), use_running_average=not train)
         return self._finish(x, y, train, key)
 

@@ -13,10 +13,18 @@
 // XLA must write to memory once: XLA fuses cheap elementwise producers (such as the depthwise
 // conv's k*k shifted multiply-adds) into every consumer, and its reduction loops, which then
 // recompute the producer per output element, run on one thread without vectors.
+//
+// effnetv2_spatial_mean: out[b, c] = mean_n x[b, n, c], x: [B, N, C] float32 (the
+// squeeze-excite pooling at inference). XLA's reduction loop for it runs on one thread at
+// ~1 ns an element; here the images are shared out over XLA's intra-op thread pool and each
+// sums its rows with vectorised adds.
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <memory>
+#include <thread>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -84,3 +92,59 @@ static ffi::Error Materialize(ffi::AnyBuffer x, ffi::Result<ffi::AnyBuffer> y) {
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(effnetv2_materialize, Materialize,
                               ffi::Ffi::Bind().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>());
+
+namespace {
+
+// The images of one spatial-mean call, claimed one at a time by the calling thread and by the
+// pool's threads. Shared ownership: a pool task that starts after the call has returned finds
+// nothing left to claim and only drops its reference.
+struct SpatialMeanJob {
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+  int64_t images = 0, pixels = 0, channels = 0;
+  const float* x = nullptr;
+  float* out = nullptr;
+
+  void Work() {
+    for (int64_t b; (b = next.fetch_add(1)) < images;) {
+      float* o = out + b * channels;
+      std::fill(o, o + channels, 0.0f);
+      const float* row = x + b * pixels * channels;
+      for (int64_t p = 0; p < pixels; ++p, row += channels) {
+        for (int64_t ch = 0; ch < channels; ++ch) o[ch] += row[ch];
+      }
+      const float scale = 1.0f / static_cast<float>(pixels);
+      for (int64_t ch = 0; ch < channels; ++ch) o[ch] *= scale;
+      done.fetch_add(1);
+    }
+  }
+};
+
+}  // namespace
+
+static ffi::Error SpatialMean(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                              ffi::ResultBuffer<ffi::F32> out) {
+  auto xd = x.dimensions();
+  auto od = out->dimensions();
+  if (xd.size() != 3 || od.size() != 2 || od[0] != xd[0] || od[1] != xd[2] || xd[1] < 1) {
+    return ffi::Error::InvalidArgument(
+        "effnetv2_spatial_mean: x must be [B, N >= 1, C] and the result [B, C]");
+  }
+  auto job = std::make_shared<SpatialMeanJob>();
+  job->images = xd[0];
+  job->pixels = xd[1];
+  job->channels = xd[2];
+  job->x = x.typed_data();
+  job->out = out->typed_data();
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), job->images) - 1;
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([job] { job->Work(); });
+  job->Work();  // the caller works too, so the call finishes even if the pool is busy
+  while (job->done.load() < job->images) std::this_thread::yield();
+  return ffi::Error::Success();
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(effnetv2_spatial_mean, SpatialMean,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());

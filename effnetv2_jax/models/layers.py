@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from effnetv2_jax.models import conv_ops
+from effnetv2_jax.models import conv_ops, cpu_kernels
 
 # Official initialisers (reference section 2, "Initializers"): conv kernels N(0, sqrt(2/fan_out))
 # with fan_out = kh*kw*out (untruncated); dense U(-1/sqrt(classes), 1/sqrt(classes)).
@@ -230,17 +230,20 @@ class SqueezeExcite(nnx.Module):
     """Squeeze-and-excitation: global mean -> 1x1 conv (bias) -> act -> 1x1 conv (bias) -> sigmoid.
 
     The kernels keep the conv layout [1, 1, in, out] of the official checkpoints; on a pooled
-    [batch, 1, 1, C] tensor they are plain matmuls, computed as such.
+    [batch, 1, 1, C] tensor they are plain matmuls, computed as such. `impl` is the model's conv
+    implementation: with "cpu" the pooling may use a C++ kernel (see `__call__`); with "xla"
+    (TPU, GPU, exported models) it is XLA code only.
     """
 
     def __init__(self, channels: int, squeeze_channels: int, *, activation: str,
-                 dtype=jnp.float32, key: jax.Array):
+                 impl: str = "xla", dtype=jnp.float32, key: jax.Array):
         reduce_key, expand_key = jax.random.split(key)
         self.reduce = Conv2D(channels, squeeze_channels, 1, use_bias=True, dtype=dtype,
                              key=reduce_key)
         self.expand = Conv2D(squeeze_channels, channels, 1, use_bias=True, dtype=dtype,
                              key=expand_key)
         self.activation = activation
+        self.impl = impl
         self.dtype = dtype
 
     @staticmethod
@@ -248,9 +251,19 @@ class SqueezeExcite(nnx.Module):
         kernel = conv.kernel[...][0, 0].astype(x.dtype)
         return x @ kernel + conv.bias[...].astype(x.dtype)
 
-    def __call__(self, x):
-        """x: [batch, height, width, channels] -> the same shape, gated per channel."""
-        pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)
+    def __call__(self, x, *, train: bool = False):
+        """x: [batch, height, width, channels] -> the same shape, gated per channel.
+
+        At inference with the "cpu" impl on one CPU device the pooling is a C++ kernel on all
+        cores (`cpu_kernels.spatial_mean`: V2-S eval at 224 px 1.38 vs 1.44 s); in training
+        XLA's reduction stays, as the kernel's operand would have to be written out (2.22 vs
+        2.08 s a step).
+        """
+        if (not train and self.impl == "cpu" and x.dtype == jnp.float32
+                and cpu_kernels.enabled()):
+            pooled = cpu_kernels.spatial_mean(x)
+        else:
+            pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)
         squeezed = get_activation(self.activation)(self._dense(self.reduce, pooled))
         gate = jax.nn.sigmoid(self._dense(self.expand, squeezed))
         return x * gate[:, None, None, :].astype(x.dtype)
