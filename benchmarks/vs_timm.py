@@ -31,7 +31,9 @@ ask of the hardware.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -125,9 +127,6 @@ class TimmProcess:
     answering with the seconds it measured (or the torch matmul FLOP/s)."""
 
     def __init__(self, worker_args: list[str], env: dict[str, str]):
-        import json
-        import subprocess
-
         self.process = subprocess.Popen(
             [sys.executable, __file__, "--timm-worker", *worker_args], env=env, text=True,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -156,8 +155,6 @@ class TimmProcess:
 
 def _serve_timm(args) -> None:
     """The `--timm-worker` side of `TimmProcess`."""
-    import json
-
     train, evaluate, torch_version, timm_version = timm_runners(
         train_size=args.train_size, eval_size=args.eval_size, batch=args.batch,
         optimizer=args.optimizer, channels_last=args.channels_last, device=args.device,

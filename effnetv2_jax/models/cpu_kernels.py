@@ -107,8 +107,9 @@ def available() -> bool:
                                         platform="cpu")
     except Exception as error:  # noqa: BLE001 - any failure means: use the XLA formulation
         logging.warning("effnetv2_jax's C++ CPU kernels are unavailable (%s: %s); using XLA's "
-                        "code for the depthwise conv (its weight gradient 5-14x slower on the "
-                        "CPU, a V2-S train step ~1.5x slower)",
+                        "code for the depthwise conv and squeeze-excite pooling (the depthwise "
+                        "weight gradient 5-14x slower on the CPU, a V2-S train step ~1.5x "
+                        "slower)",
                         type(error).__name__, error)
         return False
     return True
