@@ -22,6 +22,9 @@ INSTALL_REQUIRES = [
     "pillow==13.0.0",                 # image decoding checks and reference values
     "scikit-learn==1.9.1",            # ships the real digits dataset (quickstart, tests)
     "scikit-image==0.26.0",           # ships real sample photos (notebooks, tests)
+    # mimalloc for XLA:CPU's step buffers (effnetv2_jax/allocator.py); Linux wheels only.
+    "cmeel-mimalloc==3.4.3; sys_platform == 'linux'",
+    "cmeel==0.62.0; sys_platform == 'linux'",
 ]
 
 # Weight converters (effnetv2_jax.convert) read timm / Keras files; their parity tests build the

@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from effnetv2_jax import huge_pages  # noqa: E402
+from effnetv2_jax import allocator  # noqa: E402
 from effnetv2_jax.models import conv_ops  # noqa: E402
 
 IMPLS = ("xla", "cpu")
@@ -352,5 +352,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    huge_pages.restart_with_huge_pages()  # as effnetv2_jax.main does
+    allocator.restart()  # as effnetv2_jax.main does
     main()

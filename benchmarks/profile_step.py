@@ -29,7 +29,7 @@ import jax
 from step_harness import (RESULTS, bar_chart, compile_eval, compile_train_step, eval_runner,
                      load_line, train_runner, write_csv)
 
-from effnetv2_jax import huge_pages
+from effnetv2_jax import allocator
 
 _INSTR = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?metadata=\{([^}]*)\}")
 _FIELD = re.compile(r'(\w+)="?([^" ]*)"?')
@@ -157,5 +157,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    huge_pages.restart_with_huge_pages()  # as effnetv2_jax.main does
+    allocator.restart()  # as effnetv2_jax.main does
     main()

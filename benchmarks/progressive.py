@@ -27,7 +27,7 @@ import jax
 from step_harness import (RESULTS, bar_chart, compile_train_step, load1, load_line, median,
                      write_csv)
 
-from effnetv2_jax import huge_pages
+from effnetv2_jax import allocator
 from effnetv2_jax.train import progressive
 
 
@@ -115,5 +115,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    huge_pages.restart_with_huge_pages()  # as effnetv2_jax.main does
+    allocator.restart()  # as effnetv2_jax.main does
     main()

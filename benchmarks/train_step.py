@@ -31,7 +31,7 @@ from step_harness import (OPTIMIZERS, RESULTS, alternate, bar_chart, compile_eva
                           compile_train_step, eval_runner, load1, load_line, matmul_peaks, median,
                           train_runner, write_csv)
 
-from effnetv2_jax import huge_pages
+from effnetv2_jax import allocator
 
 
 def measure(args) -> list[dict]:
@@ -125,5 +125,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    huge_pages.restart_with_huge_pages()  # as effnetv2_jax.main does
+    allocator.restart()  # as effnetv2_jax.main does
     main()

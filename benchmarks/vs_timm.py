@@ -3,10 +3,11 @@
 Two workloads, each timed for both libraries with the runs alternating (ours, timm, ours, ...)
 so that both see the same background load. timm runs in a process of its own, as its users run
 it, driven over a pipe (in one process, each library's freed memory and idle threads slowed the
-other's next step: ours by up to 1 s). Where this script restarted with glibc's huge pages, as
-`effnetv2_jax.main` does (`effnetv2_jax/huge_pages.py`), timm runs twice: "timm" with glibc's
-defaults, as shipped, and "timm_hp" with the same tunable, so that the comparison with equal
-allocators is printed beside it. Each timed run follows an untimed one of the same library
+other's next step: ours by up to 1 s). Where this script restarted with another allocator, as
+`effnetv2_jax.main` does (`effnetv2_jax/allocator.py`: mimalloc, or glibc's huge pages), timm
+runs twice: "timm" with glibc's defaults, as shipped, and "timm_mimalloc" (or "timm_huge_pages")
+with the same allocator as ours, so that the comparison with equal allocators is printed beside
+it. Each timed run follows an untimed one of the same library
 (`--settle`, default 1), as steps follow each other in training:
   * train step: V2-S, 128 px, batch 32, float32, SGD (momentum 0.9) or RMSProp (decay 0.9,
     eps 1e-3, momentum 0.9): forward in train mode, softmax cross-entropy, backward, update;
@@ -50,7 +51,7 @@ from step_harness import (OPTIMIZERS, RESULTS, alternate, bar_chart, compile_eva
                      compile_train_step, eval_runner, load1, load_line, matmul_peak, median,
                      train_runner, write_csv)
 
-from effnetv2_jax import huge_pages  # noqa: E402
+from effnetv2_jax import allocator  # noqa: E402
 
 # Issue #9's targets on the CPU, ours / timm in images/s.
 TARGETS = {"train": 1.25, "eval": 1.5}
@@ -168,17 +169,14 @@ def _serve_timm(args) -> None:
 
 def _timm_environments() -> dict[str, dict[str, str]]:
     """{column: environment} for the timm processes: "timm" with glibc's default malloc, as timm
-    users run it; where this process restarted with huge pages (`huge_pages.py`), also "timm_hp"
-    with the same tunable, so the comparison with equal allocators is printed too."""
-    ours = f"{huge_pages.TUNABLE}=1"
-    tunables = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t]
-    shipped = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-    shipped["EFFNETV2_JAX_HUGE_PAGES"] = "0"  # the worker runs this script: no restart
-    if others := [t for t in tunables if t != ours]:
-        shipped["GLIBC_TUNABLES"] = ":".join(others)
-    environments = {"timm": shipped}
-    if ours in tunables:
-        environments["timm_hp"] = dict(os.environ)
+    users run it; where this process runs with another allocator (`allocator.py`), also
+    "timm_<allocator>" with the same one, so the comparison with equal allocators is printed
+    too. The workers run this script, so neither restarts."""
+    environments = {"timm": allocator.without_ours(dict(os.environ))}
+    ours = allocator.running()
+    if ours != "system":
+        environments[f"timm_{ours.replace('-', '_')}"] = {**os.environ,
+                                                           allocator.ENV: "system"}
     return environments
 
 
@@ -301,5 +299,5 @@ def _compare(args, timm: dict[str, TimmProcess]) -> None:
 
 
 if __name__ == "__main__":
-    huge_pages.restart_with_huge_pages()  # as effnetv2_jax.main does
+    allocator.restart()  # as effnetv2_jax.main does
     main()
