@@ -12,7 +12,8 @@ from flax import nnx
 import effnetv2_jax
 from effnetv2_jax.models import conv_ops
 from effnetv2_jax.models.arch import resolve_arch
-from effnetv2_jax.models.layers import BatchNorm, drop_path
+from effnetv2_jax.models.layers import (BatchNorm, drop_path, gate_channels,
+                                        spatial_sum_by_halving)
 
 # One block per stage except the last, covering Fused e1 (residual), Fused e4, MBConv + SE and an
 # MBConv residual; 32-64 px keeps every compile to a few seconds.
@@ -257,6 +258,30 @@ def test_cpu_and_xla_convolutions_give_the_same_model():
     assert value_c == pytest.approx(float(value_x), rel=1e-4)
     for a, b in zip(jax.tree.leaves(grad_x), jax.tree.leaves(grad_c)):
         np.testing.assert_allclose(a, b, atol=1e-4 * max(1.0, float(np.abs(a).max())))
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 1, 3), (2, 3, 5, 4), (2, 7, 7, 8), (1, 8, 8, 2)])
+def test_spatial_sum_by_halving_is_the_spatial_sum(shape):
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    np.testing.assert_allclose(jax.jit(spatial_sum_by_halving)(x), x.sum(axis=(1, 2)),
+                               rtol=1e-5, atol=1e-5)
+    low = jax.jit(spatial_sum_by_halving)(jnp.asarray(x, jnp.bfloat16))
+    assert low.dtype == jnp.float32 and low.shape == (shape[0], shape[3])
+
+
+def test_gate_channels_gradients_equal_autodiff():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 5, 3, 4)).astype(np.float32)
+    gate = rng.uniform(0.1, 0.9, (2, 4)).astype(np.float32)
+    cot = rng.standard_normal(x.shape).astype(np.float32)
+
+    def grads(fn):
+        return jax.jit(jax.grad(lambda x, g: jnp.sum(fn(x, g) * cot), argnums=(0, 1)))(x, gate)
+
+    ours, plain = grads(gate_channels), grads(lambda x, g: x * g[:, None, None, :])
+    for a, b in zip(ours, plain):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert float(np.abs(ours[1]).max()) > 1e-2
 
 
 def test_create_model_overrides_and_errors():
