@@ -14,7 +14,8 @@ What. mimalloc (the pinned `cmeel-mimalloc` wheel) in `LD_PRELOAD`, with
     reuses it: no page faults at all in a step;
   - MIMALLOC_ALLOW_LARGE_OS_PAGES=1: 2 MiB pages (transparent huge pages) for its arenas.
 V2-S train step, 128 px, b32 on 2 cores (median of 12 steps, the allocators' runs alternating):
-1.64-1.67 s with mimalloc, 1.84-1.91 s with glibc's huge pages (2.65 s with glibc's defaults);
+1.64-1.67 s with mimalloc, 1.84-1.91 s with glibc's huge pages (2.12 s with glibc's defaults,
+391,000 faults a step; 1.63 s with mimalloc in the same pair of runs);
 with 4 KiB pages mimalloc ran as fast but its RSS was 5.6 instead of 4.0-4.1 GB. Eval at 224 px
 is the same either way (1.38-1.40 s). The process keeps the memory of its largest step, as
 PyTorch's caching allocator does: RSS 4.0-4.1 GB against glibc's 4.0 GB after each step.

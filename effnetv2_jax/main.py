@@ -2,7 +2,7 @@
 
 Kept short on purpose: flags in, `train_and_evaluate` / `evaluate` out. On a CPU host the
 command first restarts itself once with mimalloc preloaded, so that XLA's step buffers are reused
-instead of faulted in again each step (`allocator.py`: the V2-S step 1.65 s instead of 2.65 s
+instead of faulted in again each step (`allocator.py`: the V2-S step 1.63 s instead of 2.12 s
 with glibc's defaults; EFFNETV2_JAX_ALLOCATOR=system turns it off). Override any config key
 with `--config.key=value` (e.g. `--config.train.global_batch_size=256`); an unknown key or a
 value of the wrong type stops here, before anything is built. Running the same command again in
