@@ -146,8 +146,8 @@ def restart_environment(kind: str) -> dict[str, str]:
     env = dict(os.environ)
     if kind == "mimalloc":
         preload = os.environ.get("LD_PRELOAD", "")
-        env["LD_PRELOAD"] = f"{mimalloc_library()}:{preload}" if preload \
-            else str(mimalloc_library())
+        library = str(mimalloc_library())
+        env["LD_PRELOAD"] = f"{library}:{preload}" if preload else library
         for name, value in MIMALLOC_OPTIONS.items():
             env.setdefault(name, value)
     elif kind == "huge-pages":
