@@ -3,7 +3,9 @@
 For EfficientNetV2-S layer shapes (batch 32, 128 px training resolution) it times, per
 impl, the forward and the forward+backward (output, d/dx and d/dkernel for a random
 cotangent) and reports GFLOP/s (FLOPs = 2 * MACs; forward+backward = 3x the forward).
-Optionally it also times a whole EfficientNetV2-S SGD train step with each impl.
+Optionally it also times a whole EfficientNetV2-S SGD train step with each impl. On one
+device, "cpu" runs the 3x3 stride-1 convs with 48 and 64 input channels by Winograd
+(`models/winograd.py`); the last row is stage 2's such conv at 224 px (eval resolution).
 
     python benchmarks/convs.py                 # full run, results in benchmarks/results/
     python benchmarks/convs.py --quick         # smoke run: small batch, few repeats
@@ -92,6 +94,7 @@ LAYERS = (
     _conv(32, 48, 192, 3, 1), _conv(32, 48, 192, 3, 2), _conv(16, 64, 256, 3, 1),
     _conv(16, 128, 512, 1, 1), _conv(32, 192, 48, 1, 1), _conv(16, 256, 64, 1, 1),
     _conv(8, 960, 160, 1, 1), _conv(4, 256, 1280, 1, 1, note="_head"),
+    _conv(56, 48, 192, 3, 1, note="_224px"),
 )
 QUICK_LAYERS = (LAYERS[0], LAYERS[2], LAYERS[7], LAYERS[8], LAYERS[12])
 

@@ -210,8 +210,8 @@ def _primitives(fn, impl, x, w, stride):
 @pytest.mark.parametrize("s", (1, 2))
 def test_cpu_path_avoids_slow_xla_ops(s):
     # The point of "cpu": no grouped conv for depthwise, no conv at all for 1x1. Dense kxk
-    # keeps XLA's conv (as fast per layer, and faster in the V2-S step: conv_ops docstring).
-    # The "xla" path keeps the convs.
+    # with few channels (or several devices, as here) keeps XLA's conv (conv_ops docstring;
+    # tests/test_winograd.py covers the 3x3 stride-1 Winograd path). "xla" keeps the convs.
     x = np.ones((2, 8, 8, 4))
     dw_cpu = _primitives(depthwise_conv2d, "cpu", x, np.ones((3, 3, 1, 4)), s)
     pw_cpu = _primitives(conv2d, "cpu", x, np.ones((1, 1, 4, 6)), s)

@@ -18,12 +18,28 @@
 // squeeze-excite pooling at inference). XLA's reduction loop for it runs on one thread at
 // ~1 ns an element; here the images are shared out over XLA's intra-op thread pool and each
 // sums its rows with vectorised adds.
+//
+// effnetv2_winograd_{input,output,output_adjoint,input_adjoint}: the tile transforms of
+// Winograd's F(4x4, 3x3) convolution (Lavin & Gray, 2016; interpolation points 0, +-1, +-2,
+// infinity), for a 3x3, stride-1, "SAME" conv of x [N, H, W, C] with output [N, H, W, K]. The
+// output is cut into Th x Tw tiles of 4x4 pixels (Th = ceil(H / 4)); tile p = (n * Th + th) *
+// Tw + tw reads the 6x6 input window at rows 4 th - 1 .. 4 th + 4 (zero outside the image).
+//   input:          x  [N, H, W, C]  -> V  [36, P, C],  V[a][p]  = (B^T d B)[a], d the window
+//   output:         M  [36, P, K]    -> y  [N, H, W, K], y tile  = A^T M A (cut at the edge)
+//   output_adjoint: dy [N, H, W, K]  -> dM [36, P, K],  dM[a][p] = (A dy A^T)[a]
+//   input_adjoint:  dV [36, P, C]    -> dx [N, H, W, C], dx     += B dV B^T on each window
+// The conv is then V times the transformed kernel (G w G^T), 36 GEMMs with 4x fewer
+// multiply-adds than the direct conv (the GEMMs run in XLA, see conv_ops.py); the adjoints
+// give its exact gradient. XLA's fusions for these transforms move 4-9 GB/s; here each tile
+// is transformed in registers, rows of tiles spread over XLA's thread pool.
 
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <memory>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -95,30 +111,32 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(effnetv2_materialize, Materialize,
 
 namespace {
 
-// The images of one spatial-mean call, claimed one at a time by the calling thread and by the
-// pool's threads. Shared ownership: a pool task that starts after the call has returned finds
-// nothing left to claim and only drops its reference.
-struct SpatialMeanJob {
+// Runs fn(0) .. fn(count - 1) on the calling thread and XLA's intra-op pool; returns when all
+// are done. Items are claimed one at a time. Shared ownership: a pool task that starts after
+// the call has returned finds nothing left to claim and only drops its reference.
+struct ParallelJob {
   std::atomic<int64_t> next{0};
   std::atomic<int64_t> done{0};
-  int64_t images = 0, pixels = 0, channels = 0;
-  const float* x = nullptr;
-  float* out = nullptr;
+  int64_t count = 0;
+  std::function<void(int64_t)> fn;
 
   void Work() {
-    for (int64_t b; (b = next.fetch_add(1)) < images;) {
-      float* o = out + b * channels;
-      std::fill(o, o + channels, 0.0f);
-      const float* row = x + b * pixels * channels;
-      for (int64_t p = 0; p < pixels; ++p, row += channels) {
-        for (int64_t ch = 0; ch < channels; ++ch) o[ch] += row[ch];
-      }
-      const float scale = 1.0f / static_cast<float>(pixels);
-      for (int64_t ch = 0; ch < channels; ++ch) o[ch] *= scale;
+    for (int64_t i; (i = next.fetch_add(1)) < count;) {
+      fn(i);
       done.fetch_add(1);
     }
   }
 };
+
+void ParallelFor(ffi::ThreadPool& pool, int64_t count, std::function<void(int64_t)> fn) {
+  auto job = std::make_shared<ParallelJob>();
+  job->count = count;
+  job->fn = std::move(fn);
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), count) - 1;
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([job] { job->Work(); });
+  job->Work();  // the caller works too, so the call finishes even if the pool is busy
+  while (job->done.load() < job->count) std::this_thread::yield();
+}
 
 }  // namespace
 
@@ -130,16 +148,19 @@ static ffi::Error SpatialMean(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
     return ffi::Error::InvalidArgument(
         "effnetv2_spatial_mean: x must be [B, N >= 1, C] and the result [B, C]");
   }
-  auto job = std::make_shared<SpatialMeanJob>();
-  job->images = xd[0];
-  job->pixels = xd[1];
-  job->channels = xd[2];
-  job->x = x.typed_data();
-  job->out = out->typed_data();
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), job->images) - 1;
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([job] { job->Work(); });
-  job->Work();  // the caller works too, so the call finishes even if the pool is busy
-  while (job->done.load() < job->images) std::this_thread::yield();
+  const int64_t pixels = xd[1], channels = xd[2];
+  const float* x_data = x.typed_data();
+  float* out_data = out->typed_data();
+  ParallelFor(pool, xd[0], [=](int64_t b) {
+    float* o = out_data + b * channels;
+    std::fill(o, o + channels, 0.0f);
+    const float* row = x_data + b * pixels * channels;
+    for (int64_t p = 0; p < pixels; ++p, row += channels) {
+      for (int64_t ch = 0; ch < channels; ++ch) o[ch] += row[ch];
+    }
+    const float scale = 1.0f / static_cast<float>(pixels);
+    for (int64_t ch = 0; ch < channels; ++ch) o[ch] *= scale;
+  });
   return ffi::Error::Success();
 }
 
@@ -148,3 +169,248 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(effnetv2_spatial_mean, SpatialMean,
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
+
+namespace {
+
+// F(4x4, 3x3): y = A^T [(G w G^T) . (B^T d B)] A. Rows of kBT, kAT are the transforms applied
+// to a column of 6 (or 4) values; the adjoints apply their transposes.
+constexpr int kWindow = 6, kTile = 4, kPoints = kWindow * kWindow;
+constexpr float kBT[6][6] = {{4, 0, -5, 0, 1, 0},  {0, -4, -4, 1, 1, 0}, {0, 4, -4, -1, 1, 0},
+                             {0, -2, -1, 2, 1, 0}, {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
+constexpr float kAT[4][6] = {
+    {1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
+
+// dst[o][ch] = sum_i m(o, i) * src[i][ch] for ch < c, where m(o, i) is kBT[o][i] (or its
+// transpose, or kAT's): fully unrolled, the zero coefficients drop out at compile time.
+template <int kOut, int kIn, bool kTranspose, const float (&kM)[kTranspose ? kIn : kOut]
+                                                             [kTranspose ? kOut : kIn]>
+inline void Transform(const float* const* src, float* const* dst, int64_t c) {
+  for (int64_t ch = 0; ch < c; ++ch) {
+    float in[kIn];
+#pragma GCC unroll 8
+    for (int i = 0; i < kIn; ++i) in[i] = src[i][ch];
+#pragma GCC unroll 8
+    for (int o = 0; o < kOut; ++o) {
+      float acc = 0.0f;
+#pragma GCC unroll 8
+      for (int i = 0; i < kIn; ++i) {
+        constexpr bool kT = kTranspose;
+        const float m = kT ? kM[i][o] : kM[o][i];
+        if (m == 1.0f) acc += in[i];
+        else if (m == -1.0f) acc -= in[i];
+        else if (m != 0.0f) acc += m * in[i];
+      }
+      dst[o][ch] = acc;
+    }
+  }
+}
+
+// The tiling of one conv: x or y [n, h, w, c], tiles th x tw, p counts n * th * tw.
+struct Tiling {
+  int64_t n, h, w, th, tw, p;
+  Tiling(int64_t n_, int64_t h_, int64_t w_)
+      : n(n_), h(h_), w(w_), th((h_ + kTile - 1) / kTile), tw((w_ + kTile - 1) / kTile),
+        p(n_ * th * tw) {}
+  // Pixel (row, col) of image b, channels c: its data, or null outside the image.
+  template <typename T>
+  T* Pixel(T* data, int64_t b, int64_t row, int64_t col, int64_t c) const {
+    if (row < 0 || row >= h || col < 0 || col >= w) return nullptr;
+    return data + ((b * h + row) * w + col) * c;
+  }
+};
+
+ffi::Error CheckTiling(const char* name, ffi::Span<const int64_t> image,
+                       ffi::Span<const int64_t> points, int64_t* channels) {
+  if (image.size() != 4 || points.size() != 3 || points[0] != kPoints ||
+      points[2] != image[3] ||
+      points[1] != Tiling(image[0], image[1], image[2]).p) {
+    return ffi::Error::InvalidArgument(
+        std::string(name) +
+        ": shapes must be [N, H, W, C] and [36, N * ceil(H / 4) * ceil(W / 4), C]");
+  }
+  *channels = image[3];
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+static ffi::Error WinogradInput(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                                ffi::ResultBuffer<ffi::F32> v) {
+  int64_t c;
+  if (auto e = CheckTiling("effnetv2_winograd_input", x.dimensions(), v->dimensions(), &c);
+      e.failure()) {
+    return e;
+  }
+  const Tiling t(x.dimensions()[0], x.dimensions()[1], x.dimensions()[2]);
+  const float* xd = x.typed_data();
+  float* vd = v->typed_data();
+  ParallelFor(pool, t.n * t.th, [=](int64_t row_of_tiles) {
+    const int64_t b = row_of_tiles / t.th, ti = row_of_tiles % t.th;
+    std::vector<float> zeros(c, 0.0f), rows(kPoints * c);
+    for (int64_t tj = 0; tj < t.tw; ++tj) {
+      const int64_t p = row_of_tiles * t.tw + tj;
+      for (int i = 0; i < kWindow; ++i) {  // along each window row: rows[i][nu] = (d_i B)[nu]
+        const float* src[kWindow];
+        float* dst[kWindow];
+        for (int j = 0; j < kWindow; ++j) {
+          const float* px = t.Pixel(xd, b, ti * kTile + i - 1, tj * kTile + j - 1, c);
+          src[j] = px ? px : zeros.data();
+          dst[j] = rows.data() + (i * kWindow + j) * c;
+        }
+        Transform<kWindow, kWindow, false, kBT>(src, dst, c);
+      }
+      for (int nu = 0; nu < kWindow; ++nu) {  // down each column: V[xi][nu] = (B^T rows)[xi]
+        const float* src[kWindow];
+        float* dst[kWindow];
+        for (int i = 0; i < kWindow; ++i) {
+          src[i] = rows.data() + (i * kWindow + nu) * c;
+          dst[i] = vd + ((i * kWindow + nu) * t.p + p) * c;
+        }
+        Transform<kWindow, kWindow, false, kBT>(src, dst, c);
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
+static ffi::Error WinogradOutput(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> m,
+                                 ffi::ResultBuffer<ffi::F32> y) {
+  int64_t k;
+  if (auto e = CheckTiling("effnetv2_winograd_output", y->dimensions(), m.dimensions(), &k);
+      e.failure()) {
+    return e;
+  }
+  const Tiling t(y->dimensions()[0], y->dimensions()[1], y->dimensions()[2]);
+  const float* md = m.typed_data();
+  float* yd = y->typed_data();
+  ParallelFor(pool, t.n * t.th, [=](int64_t row_of_tiles) {
+    const int64_t b = row_of_tiles / t.th, ti = row_of_tiles % t.th;
+    std::vector<float> rows(kWindow * kTile * k), spill(k);
+    for (int64_t tj = 0; tj < t.tw; ++tj) {
+      const int64_t p = row_of_tiles * t.tw + tj;
+      for (int xi = 0; xi < kWindow; ++xi) {  // rows[xi][q] = (M_xi A)[q]
+        const float* src[kWindow];
+        float* dst[kTile];
+        for (int nu = 0; nu < kWindow; ++nu) src[nu] = md + ((xi * kWindow + nu) * t.p + p) * k;
+        for (int q = 0; q < kTile; ++q) dst[q] = rows.data() + (xi * kTile + q) * k;
+        Transform<kTile, kWindow, false, kAT>(src, dst, k);
+      }
+      for (int q = 0; q < kTile; ++q) {  // y[r][q] = (A^T rows)[r], pixels past the edge dropped
+        const float* src[kWindow];
+        float* dst[kTile];
+        for (int xi = 0; xi < kWindow; ++xi) src[xi] = rows.data() + (xi * kTile + q) * k;
+        for (int r = 0; r < kTile; ++r) {
+          float* px = t.Pixel(yd, b, ti * kTile + r, tj * kTile + q, k);
+          dst[r] = px ? px : spill.data();
+        }
+        Transform<kTile, kWindow, false, kAT>(src, dst, k);
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
+static ffi::Error WinogradOutputAdjoint(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dy,
+                                        ffi::ResultBuffer<ffi::F32> dm) {
+  int64_t k;
+  if (auto e = CheckTiling("effnetv2_winograd_output_adjoint", dy.dimensions(),
+                           dm->dimensions(), &k);
+      e.failure()) {
+    return e;
+  }
+  const Tiling t(dy.dimensions()[0], dy.dimensions()[1], dy.dimensions()[2]);
+  const float* gd = dy.typed_data();
+  float* md = dm->typed_data();
+  ParallelFor(pool, t.n * t.th, [=](int64_t row_of_tiles) {
+    const int64_t b = row_of_tiles / t.th, ti = row_of_tiles % t.th;
+    std::vector<float> zeros(k, 0.0f), rows(kTile * kWindow * k);
+    for (int64_t tj = 0; tj < t.tw; ++tj) {
+      const int64_t p = row_of_tiles * t.tw + tj;
+      for (int r = 0; r < kTile; ++r) {  // rows[r][nu] = (dy_r A^T)[nu]
+        const float* src[kTile];
+        float* dst[kWindow];
+        for (int q = 0; q < kTile; ++q) {
+          const float* px = t.Pixel(gd, b, ti * kTile + r, tj * kTile + q, k);
+          src[q] = px ? px : zeros.data();
+        }
+        for (int nu = 0; nu < kWindow; ++nu) dst[nu] = rows.data() + (r * kWindow + nu) * k;
+        Transform<kWindow, kTile, true, kAT>(src, dst, k);
+      }
+      for (int nu = 0; nu < kWindow; ++nu) {  // dM[xi][nu] = (A rows)[xi]
+        const float* src[kTile];
+        float* dst[kWindow];
+        for (int r = 0; r < kTile; ++r) src[r] = rows.data() + (r * kWindow + nu) * k;
+        for (int xi = 0; xi < kWindow; ++xi) dst[xi] = md + ((xi * kWindow + nu) * t.p + p) * k;
+        Transform<kWindow, kTile, true, kAT>(src, dst, k);
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
+static ffi::Error WinogradInputAdjoint(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> dv,
+                                       ffi::ResultBuffer<ffi::F32> dx) {
+  int64_t c;
+  if (auto e = CheckTiling("effnetv2_winograd_input_adjoint", dx->dimensions(),
+                           dv.dimensions(), &c);
+      e.failure()) {
+    return e;
+  }
+  const Tiling t(dx->dimensions()[0], dx->dimensions()[1], dx->dimensions()[2]);
+  const float* vd = dv.typed_data();
+  float* xd = dx->typed_data();
+  const int64_t image = t.h * t.w * c;
+  ParallelFor(pool, t.n, [=](int64_t b) { std::fill(xd + b * image, xd + (b + 1) * image, 0.f); });
+  // Windows of neighbouring tile rows share two pixel rows: even tile rows first, then odd
+  // ones, so no two threads add to the same pixel (a thread does a whole row of tiles).
+  const int64_t half = (t.th + 1) / 2;
+  for (int parity = 0; parity < 2; ++parity) {
+    ParallelFor(pool, t.n * half, [=](int64_t item) {
+      const int64_t b = item / half, ti = (item % half) * 2 + parity;
+      if (ti >= t.th) return;
+      std::vector<float> rows(kPoints * c), window(kPoints * c);
+      for (int64_t tj = 0; tj < t.tw; ++tj) {
+        const int64_t p = (b * t.th + ti) * t.tw + tj;
+        for (int xi = 0; xi < kWindow; ++xi) {  // rows[xi][j] = (dV_xi B^T)[j]
+          const float* src[kWindow];
+          float* dst[kWindow];
+          for (int nu = 0; nu < kWindow; ++nu) {
+            src[nu] = vd + ((xi * kWindow + nu) * t.p + p) * c;
+            dst[nu] = rows.data() + (xi * kWindow + nu) * c;
+          }
+          Transform<kWindow, kWindow, true, kBT>(src, dst, c);
+        }
+        for (int j = 0; j < kWindow; ++j) {  // window[i][j] = (B rows)[i]
+          const float* src[kWindow];
+          float* dst[kWindow];
+          for (int xi = 0; xi < kWindow; ++xi) {
+            src[xi] = rows.data() + (xi * kWindow + j) * c;
+            dst[xi] = window.data() + (xi * kWindow + j) * c;
+          }
+          Transform<kWindow, kWindow, true, kBT>(src, dst, c);
+        }
+        for (int i = 0; i < kWindow; ++i) {
+          for (int j = 0; j < kWindow; ++j) {
+            float* px = t.Pixel(xd, b, ti * kTile + i - 1, tj * kTile + j - 1, c);
+            if (px == nullptr) continue;
+            const float* add = window.data() + (i * kWindow + j) * c;
+            for (int64_t ch = 0; ch < c; ++ch) px[ch] += add[ch];
+          }
+        }
+      }
+    });
+  }
+  return ffi::Error::Success();
+}
+
+#define EFFNETV2_WINOGRAD_HANDLER(name, fn)                                              \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(name, fn,                                               \
+                                ffi::Ffi::Bind()                                        \
+                                    .Ctx<ffi::ThreadPool>()                             \
+                                    .Arg<ffi::Buffer<ffi::F32>>()                       \
+                                    .Ret<ffi::Buffer<ffi::F32>>());
+
+EFFNETV2_WINOGRAD_HANDLER(effnetv2_winograd_input, WinogradInput)
+EFFNETV2_WINOGRAD_HANDLER(effnetv2_winograd_output, WinogradOutput)
+EFFNETV2_WINOGRAD_HANDLER(effnetv2_winograd_output_adjoint, WinogradOutputAdjoint)
+EFFNETV2_WINOGRAD_HANDLER(effnetv2_winograd_input_adjoint, WinogradInputAdjoint)

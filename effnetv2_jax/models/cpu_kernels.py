@@ -8,6 +8,9 @@ code is furthest from the hardware:
   recomputing its k*k multiply-adds inside every consumer (2.2 -> 1.75 s for that step);
 - `spatial_mean`: squeeze-excite's pooling at inference, on all cores (V2-S eval at 224 px,
   batch 32: 1.38 vs 1.44 s; in training it was slower, as XLA must then write its operand).
+- `winograd_input`, `winograd_output` and their adjoints: the tile transforms of the
+  F(4x4, 3x3) Winograd convolution that `conv_ops` uses for dense 3x3 stride-1 convs (XLA's
+  fusions for them move 4-9 GB/s).
 
 The library is built on first use with the system C++ compiler (`CXX`, default g++) against
 jaxlib's FFI headers, into `$EFFNETV2_JAX_KERNEL_CACHE` (default `~/.cache/effnetv2_jax/kernels`),
@@ -41,7 +44,14 @@ from absl import logging
 DEPTHWISE_KERNEL_GRAD = "effnetv2_depthwise_kernel_grad"
 MATERIALIZE = "effnetv2_materialize"
 SPATIAL_MEAN = "effnetv2_spatial_mean"
-TARGETS = (DEPTHWISE_KERNEL_GRAD, MATERIALIZE, SPATIAL_MEAN)
+WINOGRAD_INPUT = "effnetv2_winograd_input"
+WINOGRAD_OUTPUT = "effnetv2_winograd_output"
+WINOGRAD_OUTPUT_ADJOINT = "effnetv2_winograd_output_adjoint"
+WINOGRAD_INPUT_ADJOINT = "effnetv2_winograd_input_adjoint"
+TARGETS = (DEPTHWISE_KERNEL_GRAD, MATERIALIZE, SPATIAL_MEAN, WINOGRAD_INPUT, WINOGRAD_OUTPUT,
+           WINOGRAD_OUTPUT_ADJOINT, WINOGRAD_INPUT_ADJOINT)
+WINOGRAD_TILE = 4  # output pixels per tile side, F(4x4, 3x3)
+WINOGRAD_POINTS = 36  # 6x6 transformed values per tile
 SOURCE = Path(__file__).with_name("cpu_kernels.cc")
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 
@@ -107,9 +117,9 @@ def available() -> bool:
                                         platform="cpu")
     except Exception as error:  # noqa: BLE001 - any failure means: use the XLA formulation
         logging.warning("effnetv2_jax's C++ CPU kernels are unavailable (%s: %s); using XLA's "
-                        "code for the depthwise conv and squeeze-excite pooling (the depthwise "
-                        "weight gradient 5-14x slower on the CPU, a V2-S train step ~1.5x "
-                        "slower)",
+                        "code for the depthwise conv, squeeze-excite pooling and dense 3x3 "
+                        "convs (the depthwise weight gradient 5-14x slower on the CPU, a V2-S "
+                        "train step ~1.7x slower)",
                         type(error).__name__, error)
         return False
     return True
@@ -164,3 +174,38 @@ def spatial_mean(x):
 @spatial_mean.defjvp
 def _spatial_mean_jvp(primals, tangents):
     return spatial_mean(primals[0]), jnp.mean(tangents[0], axis=(1, 2))
+
+
+def _winograd_points(n: int, h: int, w: int, channels: int):
+    tiles = n * -(-h // WINOGRAD_TILE) * -(-w // WINOGRAD_TILE)
+    return jax.ShapeDtypeStruct((WINOGRAD_POINTS, tiles, channels), jnp.float32)
+
+
+def winograd_input(x):
+    """`x` [N, H, W, C] float32 -> `V` [36, P, C] float32: each 4x4 output tile's 6x6 input
+    window (rows 4t-1 .. 4t+4, zero outside the image) as `B^T d B`; tile
+    `p = (n * ceil(H/4) + i) * ceil(W/4) + j`. Linear; not differentiable (see
+    `conv_ops`, which uses the adjoints)."""
+    return jax.ffi.ffi_call(WINOGRAD_INPUT, _winograd_points(*x.shape),
+                            vmap_method="sequential")(x.astype(jnp.float32))
+
+
+def winograd_output(m, shape):
+    """`M` [36, P, K] -> `y` [N, H, W, K] float32 (`shape`), each tile `A^T M A`, cut at the
+    image's edge."""
+    return jax.ffi.ffi_call(WINOGRAD_OUTPUT, jax.ShapeDtypeStruct(tuple(shape), jnp.float32),
+                            vmap_method="sequential")(m.astype(jnp.float32))
+
+
+def winograd_output_adjoint(dy):
+    """The transpose of `winograd_output`: `dy` [N, H, W, K] -> [36, P, K] float32."""
+    return jax.ffi.ffi_call(WINOGRAD_OUTPUT_ADJOINT, _winograd_points(*dy.shape),
+                            vmap_method="sequential")(dy.astype(jnp.float32))
+
+
+def winograd_input_adjoint(dv, shape):
+    """The transpose of `winograd_input`: `dV` [36, P, C] -> `dx` [N, H, W, C] float32
+    (`shape`), the overlapping windows' contributions summed."""
+    return jax.ffi.ffi_call(WINOGRAD_INPUT_ADJOINT,
+                            jax.ShapeDtypeStruct(tuple(shape), jnp.float32),
+                            vmap_method="sequential")(dv.astype(jnp.float32))
