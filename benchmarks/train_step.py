@@ -16,7 +16,9 @@ images/s, model FLOPs per image (2 x multiply-adds x 3 for forward + backward, f
 `count_flops`; x1 with --eval), achieved FLOP/s and its ratio to a [2048, 2048] float32 matmul
 measured in the same run (the faster of jax's and, on the CPU, numpy's BLAS: XLA:CPU's GEMM is
 the slower here; the CSV also has the ratio to jax's alone), and XLA's peak memory for the step
-(arguments + outputs + temporaries - donated).
+(arguments + outputs + temporaries - donated). Model FLOPs count direct convs: the cpu impl's
+Winograd 3x3 convs (`effnetv2_jax/models/winograd.py`) do 4x fewer multiply-adds in their GEMMs,
+so its achieved FLOP/s is an effective rate.
 Writes results/train_step.csv and results/train_step.png (or `--name`).
 """
 

@@ -27,8 +27,8 @@ within 1e-4; see ``tests/test_conv_ops.py``):
     no shifted copies) and 192 px (4.41 vs 4.47 s), 5% slower at 64 px (0.51 vs 0.48 s).
   - dense 3x3 stride 1, float32, at least ``winograd.MIN_CHANNELS`` in and out channels,
     one device (the fused-MBConv stages): Winograd's F(4x4, 3x3) (``winograd.py``), 4x fewer
-    multiply-adds in the GEMMs; forward+backward 1.7-1.9x faster than XLA's conv on V2-S's
-    stage 2 and 3 shapes. The V2-S step at 128 px: 1.60 vs 1.87 s; eval at 224 px: 1.20 vs
+    multiply-adds in the GEMMs; forward+backward 2.1-2.3x faster than XLA's conv on V2-S's
+    stage 2 and 3 shapes. The V2-S step at 128 px: 1.33 vs 1.57 s; eval at 224 px: 1.16 vs
     1.38 s (A/B in one process).
 
   A whole EfficientNetV2-S SGD step (batch 32, 128 px) runs ~5.8x faster with "cpu"

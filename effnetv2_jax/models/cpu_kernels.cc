@@ -181,10 +181,13 @@ constexpr float kAT[4][6] = {
     {1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0}, {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
 
 // dst[o][ch] = sum_i m(o, i) * src[i][ch] for ch < c, where m(o, i) is kBT[o][i] (or its
-// transpose, or kAT's): fully unrolled, the zero coefficients drop out at compile time.
+// transpose, or kAT's): fully unrolled, the zero coefficients drop out at compile time. The
+// rows src[i] and dst[o] never overlap (ivdep lets the compiler vectorise over channels without
+// checking 36 pointer pairs at run time, which it would not do: up to 2.5x slower).
 template <int kOut, int kIn, bool kTranspose, const float (&kM)[kTranspose ? kIn : kOut]
                                                              [kTranspose ? kOut : kIn]>
 inline void Transform(const float* const* src, float* const* dst, int64_t c) {
+#pragma GCC ivdep
   for (int64_t ch = 0; ch < c; ++ch) {
     float in[kIn];
 #pragma GCC unroll 8

@@ -16,12 +16,12 @@ the direct conv is within 1e-6; F(4x4) is what cuDNN and oneDNN use for float32 
 Speed, batch 32, float32, this 2-core VM (``benchmarks/convs.py`` prints the same comparison),
 forward / forward+backward ms, XLA's conv vs this:
 
-- ``[32, 32, 32, 48] -> 192`` (V2-S stage 2 at 128 px): 30.0 / 71.7 vs 21.0 / 39.4;
-- ``[32, 16, 16, 64] -> 256`` (stage 3 at 128 px): 13.7 / 31.5 vs 9.3 / 18.2;
-- ``[32, 56, 56, 48] -> 192`` (stage 2 at 224 px): 90.9 / 219.5 vs 56.7 / 114.1;
-- ``[32, 64, 64, 24] -> 24`` (stage 1 at 128 px): 10.4 / 26.8 vs 23.5 / 39.4, slower: with
-  few channels the GEMMs are small and the transforms dominate, so ``applies`` leaves such
-  convs to XLA.
+- ``[32, 32, 32, 48] -> 192`` (V2-S stage 2 at 128 px): 29.8 / 72.3 vs 15.8 / 31.2;
+- ``[32, 16, 16, 64] -> 256`` (stage 3 at 128 px): 13.6 / 30.9 vs 7.2 / 15.0;
+- ``[32, 56, 56, 48] -> 192`` (stage 2 at 224 px): 91.0 / 222.5 vs 43.0 / 99.3;
+- ``[32, 64, 64, 24] -> 24`` (stage 1 at 128 px): 10.4 / 27.3 vs 13.5 / 24.5: with few
+  channels the GEMMs are small and the transforms dominate; the forward is slower (eval) and
+  the step gained nothing measurable from it, so ``applies`` leaves such convs to XLA.
 """
 
 from __future__ import annotations
