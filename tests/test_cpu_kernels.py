@@ -117,14 +117,15 @@ print("native:", cpu_kernels.available(),
 mean = jax.jit(lambda x, k: jnp.mean(conv_ops.depthwise_conv2d(x, k, 1, "cpu"), (1, 2)))
 print("materialised:", mean.lower(x, kernel).compile().as_text().count(
     'custom_call_target="effnetv2_materialize"'))
-# A tiny V2 with a fused 3x3 stride-1 conv of 32 channels (the Winograd path) and squeeze-excite:
-# at inference the pooling and Winograd kernels run, and the logits equal the XLA code's
-# (kernels switched off at trace time); so does a training gradient.
+# A tiny V2 with a fused 3x3 stride-1 conv of 32 channels (the Winograd path) after
+# squeeze-excite, and MBConv blocks: at inference the pooling, Winograd and fused MBConv kernels
+# run, and the logits equal the XLA code's (kernels switched off at trace time); so does a
+# training gradient.
 import effnetv2_jax
 from flax import nnx
 model = effnetv2_jax.create_model(
     "efficientnetv2-s", feature_size=64, num_classes=7, block_strings=(
-        "r1_k3_s1_e1_i32_o32_c1", "r1_k3_s2_e4_i32_o24_se0.25", "r1_k3_s2_e4_i24_o32_se0.25"))
+        "r1_k3_s1_e1_i32_o32_c1_se0.25", "r1_k3_s2_e4_i32_o24_se0.25", "r1_k3_s2_e4_i24_o32_se0.25"))
 graph, state = nnx.split(model)
 images = jax.random.normal(jax.random.key(0), (3, 40, 40, 3))
 forward = lambda s, x: nnx.merge(graph, s)(x, train=False)
@@ -141,6 +142,7 @@ grad_gaps = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max() / max(jnp.abs(b
                          grads, jax.jit(jax.grad(lambda s, x: loss(s, x)))(state, images))
 # (The two differ a little where the kernels ran: Winograd rounds differently.)
 print("eval kernel:", cpu_kernels.SPATIAL_MEAN in text,
+      cpu_kernels.MBCONV_DEPTHWISE_INFERENCE in text,
       0 < gap < 1e-5 if cpu_kernels.available() else gap == 0, gap)
 print("winograd:", cpu_kernels.WINOGRAD_INPUT in text,
       cpu_kernels.WINOGRAD_INPUT_ADJOINT in grad_text, max(jax.tree.leaves(grad_gaps)) < 1e-4,
@@ -164,7 +166,7 @@ def _fresh_process(tmp_path, **env):
 def test_without_the_kernels_xla_code_gives_the_same_gradient(env, why, tmp_path):
     out, err = _fresh_process(tmp_path, **env)
     assert "native: False False" in out and "materialised: 0" in out
-    assert "eval kernel: False True" in out and "winograd: False False True" in out
+    assert "eval kernel: False False True" in out and "winograd: False False True" in out
     if why:
         assert why in err and "using XLA's code" in err
     assert list(tmp_path.iterdir()) == []  # nothing built, no half-written file left behind
@@ -175,7 +177,7 @@ def test_the_build_is_cached_per_source_and_machine(tmp_path):
     and the depthwise output is materialised once."""
     out, _ = _fresh_process(tmp_path)
     assert "native: True True" in out and "materialised: 1" in out
-    assert "eval kernel: True True" in out and "winograd: True True True" in out, out
+    assert "eval kernel: True True True" in out and "winograd: True True True" in out, out
     (built,) = tmp_path.iterdir()
     assert built.name.startswith("cpu_kernels-") and built.suffix == ".so"
     stamp = built.stat().st_mtime_ns

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from effnetv2_jax.models import cpu_kernels
 from effnetv2_jax.models.arch import ResolvedBlock
 from effnetv2_jax.models.block_spec import ConvType
 from effnetv2_jax.models.layers import (BatchNorm, Conv2D, DepthwiseConv2D, SqueezeExcite,
@@ -65,14 +66,49 @@ class MBConv(_Block):
 
     def __call__(self, x, *, train: bool = False, key: jax.Array | None = None):
         bn = dict(use_running_average=not train, activation=self.activation)
-        y = x
-        if self.expand_conv is not None:
-            y = self.expand_bn(self.expand_conv(y), **bn)
-        y = self.depthwise_bn(self.depthwise_conv(y), **bn)
-        if self.se is not None:
-            y = self.se(y, train=train)
+        if not train and self._fused_inference_applies(x):
+            y, pooled = self._fused_inference(x)
+            if self.se is not None:
+                y = self.se(y, pooled=pooled)
+        else:
+            y = x
+            if self.expand_conv is not None:
+                y = self.expand_bn(self.expand_conv(y), **bn)
+            y = self.depthwise_bn(self.depthwise_conv(y), **bn)
+            if self.se is not None:
+                y = self.se(y, train=train)
         y = self.project_bn(self.project_conv(y), use_running_average=not train)
         return self._finish(x, y, train, key)
+
+    def _fused_inference_applies(self, x) -> bool:
+        """At inference with the cpu conv impl on one CPU device, float32, and an activation
+        the C++ kernel has: see `_fused_inference`."""
+        return (self.depthwise_conv.impl == "cpu" and self.depthwise_conv.dtype == jnp.float32
+                and x.dtype == jnp.float32
+                and self.activation in cpu_kernels.KERNEL_ACTIVATIONS and cpu_kernels.enabled())
+
+    def _fused_inference(self, x):
+        """The expansion's BN + activation, the depthwise conv, its BN + activation and the
+        squeeze-excite pooling, with the BNs folded, in one pass of a C++ kernel
+        (`cpu_kernels.mbconv_depthwise_inference`): XLA made seven passes over these
+        activations. V2-S eval at 224 px, b32: 1.05-1.06 vs 1.14-1.16 s.
+
+        x: [batch, height, width, in_channels] -> (y [batch, h / stride, w / stride, mid],
+        its spatial mean [batch, mid]), float32.
+        """
+        if self.expand_conv is not None:
+            u = self.expand_conv(x)
+            in_scale, in_shift = self.expand_bn.inference_affine()
+            act_in = self.activation
+        else:  # expand ratio 1: the depthwise conv reads the block input as it is
+            u = x
+            in_scale, in_shift = jnp.ones(x.shape[-1]), jnp.zeros(x.shape[-1])
+            act_in = None
+        scale, shift = self.depthwise_bn.inference_affine()
+        kernel = self.depthwise_conv.kernel[...][:, :, 0, :] * scale
+        return cpu_kernels.mbconv_depthwise_inference(
+            u, in_scale, in_shift, kernel, shift, self.depthwise_conv.stride, act_in,
+            self.activation)
 
 
 class FusedMBConv(_Block):

@@ -130,10 +130,8 @@ class BatchNorm(nnx.Module):
         """
         act = get_activation(activation) if activation else None
         if use_running_average:
-            mean, var = self.mean[...], self.var[...]
-            inv = self.scale[...] * jax.lax.rsqrt(var + self.epsilon)
-            y = (x * inv.astype(self.dtype)
-                 + (self.bias[...] - mean * inv).astype(self.dtype)).astype(self.dtype)
+            scale, shift = self.inference_affine()
+            y = (x * scale.astype(self.dtype) + shift.astype(self.dtype)).astype(self.dtype)
             return act(y) if act else y
         if x.shape[0] % self.groups:
             raise ValueError(f"batch {x.shape[0]} does not divide into {self.groups} BN groups")
@@ -146,6 +144,13 @@ class BatchNorm(nnx.Module):
         self.mean.set_value(jax.lax.stop_gradient(m * self.mean[...] + (1 - m) * mean.mean(0)))
         self.var.set_value(jax.lax.stop_gradient(m * self.var[...] + (1 - m) * var.mean(0)))
         return y.astype(self.dtype)
+
+
+    def inference_affine(self):
+        """(scale, shift), [channels] float32 each: at inference BN is `x * scale + shift`
+        (from the running averages)."""
+        scale = self.scale[...] * jax.lax.rsqrt(self.var[...] + self.epsilon)
+        return scale, self.bias[...] - self.mean[...] * scale
 
 
 def _group_stats(x, groups):
@@ -251,20 +256,26 @@ class SqueezeExcite(nnx.Module):
         kernel = conv.kernel[...][0, 0].astype(x.dtype)
         return x @ kernel + conv.bias[...].astype(x.dtype)
 
-    def __call__(self, x, *, train: bool = False):
+    def __call__(self, x, *, train: bool = False, pooled=None):
         """x: [batch, height, width, channels] -> the same shape, gated per channel.
+
+        `pooled`: x's mean over height and width, [batch, channels], where the caller has it
+        already (MBConv's fused inference kernel computes it on the way).
 
         With the "cpu" impl the per-image spatial sums (the pooling, and in training the gate's
         gradient) avoid XLA:CPU reductions, which run on one thread and recompute the
         activation that feeds them:
           - at inference on one CPU device, a C++ kernel on all cores
-            (`cpu_kernels.spatial_mean`: V2-S eval at 224 px 1.38 vs 1.44 s);
+            (`cpu_kernels.spatial_mean`: V2-S eval at 224 px 1.38 vs 1.44 s), unless the
+            caller passes `pooled` (MBConv's fused inference kernel computes it on the way);
           - in training, `spatial_sum_by_halving` (V2-S step at 128 px, b32, A/B in one
             process: 1.605 vs 1.671 s). The C++ kernel was slower there (2.22 vs 2.08 s): XLA
             must then write its operand out.
         """
         cpu = self.impl == "cpu"
-        if not train and cpu and x.dtype == jnp.float32 and cpu_kernels.enabled():
+        if pooled is not None:
+            pooled = pooled.astype(self.dtype)
+        elif not train and cpu and x.dtype == jnp.float32 and cpu_kernels.enabled():
             pooled = cpu_kernels.spatial_mean(x)
         elif cpu:
             pooled = (spatial_sum_by_halving(x) / (x.shape[1] * x.shape[2])).astype(self.dtype)
