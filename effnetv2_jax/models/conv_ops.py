@@ -31,8 +31,8 @@ within 1e-4; see ``tests/test_conv_ops.py``):
     stage 2 and 3 shapes. The V2-S step at 128 px: 1.33 vs 1.57 s; eval at 224 px: 1.16 vs
     1.38 s (A/B in one process).
 
-  A whole EfficientNetV2-S SGD step (batch 32, 128 px) runs ~5.8x faster with "cpu"
-  (1.69 vs 9.76 s, ``benchmarks/convs.py``), with a shorter compile.
+  A whole EfficientNetV2-S SGD step (batch 32, 128 px) runs ~7.3x faster with "cpu"
+  (1.31 vs 9.56 s, ``benchmarks/convs.py``), with a shorter compile.
 
 Layouts: activations NHWC, kernels HWIO (Flax / TF): ``conv2d`` kernels are
 ``[k, k, in, out]``, ``depthwise_conv2d`` kernels ``[k, k, 1, channels]``.

@@ -38,8 +38,8 @@
 //   y = act_out(depthwise_k(pad(a), kernel) + out_shift), mean[b] = mean over pixels of y[b]
 // u: [N, H, W, C] float32 (the expansion's 1x1 conv output, or the block input); in_affine:
 // [2, C] (scale; shift); kernel: [k, k, C] with the depthwise BN's scale folded in; out_shift:
-// [C]; y: [N, OH, OW, C]; mean: [N, C] (squeeze-excite's pooling). Attributes: stride,
-// pad_top, pad_left (TF "SAME"), act_in, act_out (0 none, 1 SiLU, 2 ReLU, 3 ReLU6). XLA made
+// [C]; y: [N, OH, OW, C]; mean: [N, C] (squeeze-excite's pooling); TF "SAME" padding.
+// Attributes: stride, act_in, act_out (0 none, 1 SiLU, 2 ReLU, 3 ReLU6). XLA made
 // seven passes over these activations (BN + act + pad, the taps, BN + act, the mean); here
 // one image's activated input stays in L2 and y is written once (V2-S eval at 224 px, b32:
 // 1.05-1.06 vs 1.14-1.16 s).
@@ -506,8 +506,7 @@ void WithActivation(int64_t act, Fn fn) {
 static ffi::Error MbconvDepthwiseInference(
     ffi::ThreadPool pool, ffi::Buffer<ffi::F32> u, ffi::Buffer<ffi::F32> in_affine,
     ffi::Buffer<ffi::F32> kernel, ffi::Buffer<ffi::F32> out_shift, ffi::ResultBuffer<ffi::F32> y,
-    ffi::ResultBuffer<ffi::F32> mean, int64_t stride, int64_t pad_top, int64_t pad_left,
-    int64_t act_in, int64_t act_out) {
+    ffi::ResultBuffer<ffi::F32> mean, int64_t stride, int64_t act_in, int64_t act_out) {
   auto ud = u.dimensions();
   auto yd = y->dimensions();
   auto kd = kernel.dimensions();
@@ -516,7 +515,7 @@ static ffi::Error MbconvDepthwiseInference(
         "effnetv2_mbconv_depthwise_inference: u and y must be 4-D, the kernel [k, k, C]");
   }
   const int64_t n = ud[0], h = ud[1], w = ud[2], c = ud[3], oh = yd[1], ow = yd[2], k = kd[0];
-  if (stride < 1 || pad_top < 0 || pad_left < 0 || k < 1 || kd[1] != k || kd[2] != c ||
+  if (stride < 1 || k < 1 || kd[1] != k || kd[2] != c ||
       yd[0] != n || yd[3] != c || oh != (h + stride - 1) / stride ||
       ow != (w + stride - 1) / stride || in_affine.dimensions().size() != 2 ||
       in_affine.dimensions()[0] != 2 || in_affine.dimensions()[1] != c ||
@@ -526,6 +525,9 @@ static ffi::Error MbconvDepthwiseInference(
         "effnetv2_mbconv_depthwise_inference: shapes, stride, padding or activations do not "
         "match");
   }
+  // TF "SAME": the total padding makes the last window fit; the odd pixel goes after.
+  const int64_t pad_top = std::max<int64_t>((oh - 1) * stride + k - h, 0) / 2;
+  const int64_t pad_left = std::max<int64_t>((ow - 1) * stride + k - w, 0) / 2;
   // The activated input of one image with its zero border: rows pad_top .. pad_top + h - 1.
   const int64_t hp = std::max(pad_top + h, (oh - 1) * stride + k);
   const int64_t wp = std::max(pad_left + w, (ow - 1) * stride + k);
@@ -581,7 +583,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(effnetv2_mbconv_depthwise_inference, MbconvDepthwi
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("stride")
-                                  .Attr<int64_t>("pad_top")
-                                  .Attr<int64_t>("pad_left")
                                   .Attr<int64_t>("act_in")
                                   .Attr<int64_t>("act_out"));

@@ -125,9 +125,9 @@ def available() -> bool:
                                         platform="cpu")
     except Exception as error:  # noqa: BLE001 - any failure means: use the XLA formulation
         logging.warning("effnetv2_jax's C++ CPU kernels are unavailable (%s: %s); using XLA's "
-                        "code for the depthwise conv, squeeze-excite pooling, dense 3x3 convs "
-                        "and MBConv inference (the depthwise weight gradient 5-14x slower on the CPU, a V2-S "
-                        "train step ~1.7x slower)",
+                        "code for the depthwise conv, squeeze-excite pooling, dense 3x3 "
+                        "convs and MBConv inference (the depthwise weight gradient 5-14x "
+                        "slower on the CPU, a V2-S train step ~2x slower)",
                         type(error).__name__, error)
         return False
     return True
@@ -231,15 +231,11 @@ def mbconv_depthwise_inference(u, in_scale, in_shift, kernel, out_shift, stride:
       (y [N, ceil(H / stride), ceil(W / stride), C], mean [N, C]), float32. Not
       differentiable (inference only). Needs `available()` and the CPU backend.
     """
-    from effnetv2_jax.models.conv_ops import same_padding  # noqa: PLC0415 (conv_ops imports us)
     n, h, w, c = u.shape
-    k = kernel.shape[0]
     out = (jax.ShapeDtypeStruct((n, -(-h // stride), -(-w // stride), c), jnp.float32),
            jax.ShapeDtypeStruct((n, c), jnp.float32))
     f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
     return jax.ffi.ffi_call(MBCONV_DEPTHWISE_INFERENCE, out, vmap_method="sequential")(
         f32(u), jnp.stack([f32(in_scale), f32(in_shift)]), f32(kernel), f32(out_shift),
-        stride=np.int64(stride), pad_top=np.int64(same_padding(h, k, stride)[0]),
-        pad_left=np.int64(same_padding(w, k, stride)[0]),
-        act_in=np.int64(KERNEL_ACTIVATIONS[act_in]),
+        stride=np.int64(stride), act_in=np.int64(KERNEL_ACTIVATIONS[act_in]),
         act_out=np.int64(KERNEL_ACTIVATIONS[act_out]))

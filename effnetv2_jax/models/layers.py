@@ -145,7 +145,6 @@ class BatchNorm(nnx.Module):
         self.var.set_value(jax.lax.stop_gradient(m * self.var[...] + (1 - m) * var.mean(0)))
         return y.astype(self.dtype)
 
-
     def inference_affine(self):
         """(scale, shift), [channels] float32 each: at inference BN is `x * scale + shift`
         (from the running averages)."""
@@ -267,7 +266,7 @@ class SqueezeExcite(nnx.Module):
         activation that feeds them:
           - at inference on one CPU device, a C++ kernel on all cores
             (`cpu_kernels.spatial_mean`: V2-S eval at 224 px 1.38 vs 1.44 s), unless the
-            caller passes `pooled` (MBConv's fused inference kernel computes it on the way);
+            caller passes `pooled`;
           - in training, `spatial_sum_by_halving` (V2-S step at 128 px, b32, A/B in one
             process: 1.605 vs 1.671 s). The C++ kernel was slower there (2.22 vs 2.08 s): XLA
             must then write its operand out.
