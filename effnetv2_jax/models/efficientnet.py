@@ -19,7 +19,7 @@ from flax import nnx
 from effnetv2_jax.models import conv_ops
 from effnetv2_jax.models.arch import ArchConfig, resolve_arch
 from effnetv2_jax.models.blocks import make_block
-from effnetv2_jax.models.layers import BatchNorm, Conv2D, Dense
+from effnetv2_jax.models.layers import BatchNorm, Conv2D, Dense, spatial_mean
 from effnetv2_jax.models.remat import remat_call
 
 
@@ -123,7 +123,7 @@ class EfficientNet(nnx.Module):
                 endpoints[f"reduction_{reduction}"] = x
         x = self.head_bn(self.head_conv(x), **bn)
         endpoints["head"] = x
-        endpoints["pooled"] = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        endpoints["pooled"] = spatial_mean(x, impl=self.conv_impl, train=train)
         return endpoints
 
     def __call__(self, images, *, train: bool = False, key: jax.Array | None = None,

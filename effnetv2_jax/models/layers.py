@@ -261,28 +261,35 @@ class SqueezeExcite(nnx.Module):
         `pooled`: x's mean over height and width, [batch, channels], where the caller has it
         already (MBConv's fused inference kernel computes it on the way).
 
-        With the "cpu" impl the per-image spatial sums (the pooling, and in training the gate's
-        gradient) avoid XLA:CPU reductions, which run on one thread and recompute the
-        activation that feeds them:
-          - at inference on one CPU device, a C++ kernel on all cores
-            (`cpu_kernels.spatial_mean`: V2-S eval at 224 px 1.38 vs 1.44 s), unless the
-            caller passes `pooled`;
-          - in training, `spatial_sum_by_halving` (V2-S step at 128 px, b32, A/B in one
-            process: 1.605 vs 1.671 s). The C++ kernel was slower there (2.22 vs 2.08 s): XLA
-            must then write its operand out.
+        With the "cpu" impl the pooling (`spatial_mean`) and in training the gate's gradient
+        (`gate_channels`) avoid XLA:CPU reductions.
         """
         cpu = self.impl == "cpu"
-        if pooled is not None:
-            pooled = pooled.astype(self.dtype)
-        elif not train and cpu and x.dtype == jnp.float32 and cpu_kernels.enabled():
-            pooled = cpu_kernels.spatial_mean(x)
-        elif cpu:
-            pooled = (spatial_sum_by_halving(x) / (x.shape[1] * x.shape[2])).astype(self.dtype)
-        else:
-            pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(self.dtype)
+        if pooled is None:
+            pooled = spatial_mean(x, impl=self.impl, train=train)
+        pooled = pooled.astype(self.dtype)
         squeezed = get_activation(self.activation)(self._dense(self.reduce, pooled))
         gate = jax.nn.sigmoid(self._dense(self.expand, squeezed)).astype(x.dtype)
         return gate_channels(x, gate) if cpu else x * gate[:, None, None, :]
+
+
+def spatial_mean(x, *, impl: str, train: bool):
+    """[batch, height, width, channels] -> the mean over height and width, [batch, channels]
+    float32 (squeeze-excite's and the head's pooling).
+
+    With the "cpu" impl it avoids XLA:CPU's reduction, which runs on one thread and recomputes
+    the BN + activation that feeds it:
+      - at inference on one CPU device, a C++ kernel on all cores (`cpu_kernels.spatial_mean`:
+        V2-S eval at 224 px 1.38 vs 1.44 s for squeeze-excite; the head's pooling 5.4 ms);
+      - in training, `spatial_sum_by_halving` (V2-S step at 128 px, b32, A/B in one process:
+        1.605 vs 1.671 s). The C++ kernel was slower there (2.22 vs 2.08 s): XLA must then
+        write its operand out.
+    """
+    if impl != "cpu":
+        return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    if not train and x.dtype == jnp.float32 and cpu_kernels.enabled():
+        return cpu_kernels.spatial_mean(x)
+    return spatial_sum_by_halving(x) / (x.shape[1] * x.shape[2])
 
 
 def spatial_sum_by_halving(x):
