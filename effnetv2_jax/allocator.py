@@ -53,6 +53,7 @@ CHOICES = ("auto", "mimalloc", "huge-pages", "system")
 MIMALLOC_PACKAGE = "cmeel-mimalloc"
 MIMALLOC_OPTIONS = {"MIMALLOC_PURGE_DELAY": "-1", "MIMALLOC_ALLOW_LARGE_OS_PAGES": "1"}
 HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb"
+HUGE_PAGES_SETTING = f"{HUGE_PAGES_TUNABLE}=1"  # what the restart adds to GLIBC_TUNABLES
 THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 # Installed plugins that give JAX a GPU or TPU backend.
 ACCELERATOR_MODULES = ("libtpu", "jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin",
@@ -152,8 +153,8 @@ def restart_environment(kind: str) -> dict[str, str]:
             env.setdefault(name, value)
     elif kind == "huge-pages":
         tunables = os.environ.get("GLIBC_TUNABLES", "")
-        env["GLIBC_TUNABLES"] = (f"{tunables}:{HUGE_PAGES_TUNABLE}=1" if tunables
-                                 else f"{HUGE_PAGES_TUNABLE}=1")
+        env["GLIBC_TUNABLES"] = (f"{tunables}:{HUGE_PAGES_SETTING}" if tunables
+                                 else HUGE_PAGES_SETTING)
     else:
         raise ValueError(f"unknown allocator {kind!r}: expected mimalloc or huge-pages")
     return env
@@ -172,7 +173,7 @@ def without_ours(env: dict[str, str]) -> dict[str, str]:
         if out.get(name) == value:
             del out[name]
     tunables = [t for t in out.pop("GLIBC_TUNABLES", "").split(":")
-                if t and t != f"{HUGE_PAGES_TUNABLE}=1"]
+                if t and t != HUGE_PAGES_SETTING]
     if tunables:
         out["GLIBC_TUNABLES"] = ":".join(tunables)
     out[ENV] = "system"
@@ -187,7 +188,7 @@ def running() -> str:
             return "mimalloc"
     except OSError:
         pass
-    if f"{HUGE_PAGES_TUNABLE}=1" in os.environ.get("GLIBC_TUNABLES", "").split(":"):
+    if HUGE_PAGES_SETTING in os.environ.get("GLIBC_TUNABLES", "").split(":"):
         return "huge-pages"
     return "system"
 
