@@ -118,9 +118,9 @@ mean = jax.jit(lambda x, k: jnp.mean(conv_ops.depthwise_conv2d(x, k, 1, "cpu"), 
 print("materialised:", mean.lower(x, kernel).compile().as_text().count(
     'custom_call_target="effnetv2_materialize"'))
 # A tiny V2 with a fused 3x3 stride-1 conv of 32 channels (the Winograd path) after
-# squeeze-excite, and MBConv blocks: at inference the pooling, Winograd and fused MBConv kernels
-# run, and the logits equal the XLA code's (kernels switched off at trace time); so does a
-# training gradient.
+# squeeze-excite, and MBConv blocks with it: at inference the pooling, Winograd and fused MBConv
+# (with squeeze-excite) kernels run, and the logits equal the XLA code's (kernels switched off
+# at trace time); so does a training gradient.
 import effnetv2_jax
 from flax import nnx
 model = effnetv2_jax.create_model(
@@ -142,7 +142,7 @@ grad_gaps = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max() / max(jnp.abs(b
                          grads, jax.jit(jax.grad(lambda s, x: loss(s, x)))(state, images))
 # (The two differ a little where the kernels ran: Winograd rounds differently.)
 print("eval kernel:", cpu_kernels.SPATIAL_MEAN in text,
-      cpu_kernels.MBCONV_DEPTHWISE_INFERENCE in text,
+      cpu_kernels.MBCONV_DEPTHWISE_SE_INFERENCE in text,
       0 < gap < 1e-5 if cpu_kernels.available() else gap == 0, gap)
 print("winograd:", cpu_kernels.WINOGRAD_INPUT in text,
       cpu_kernels.WINOGRAD_INPUT_ADJOINT in grad_text, max(jax.tree.leaves(grad_gaps)) < 1e-4,

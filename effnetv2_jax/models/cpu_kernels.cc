@@ -35,14 +35,19 @@
 //
 // effnetv2_mbconv_depthwise_inference: the middle of an MBConv block at inference, in one pass:
 //   a = act_in(u * in_scale + in_shift)           (the expansion's BN + activation)
-//   y = act_out(depthwise_k(pad(a), kernel) + out_shift), mean[b] = mean over pixels of y[b]
+//   y = act_out(depthwise_k(pad(a), kernel) + out_shift)
 // u: [N, H, W, C] float32 (the expansion's 1x1 conv output, or the block input); in_affine:
 // [2, C] (scale; shift); kernel: [k, k, C] with the depthwise BN's scale folded in; out_shift:
-// [C]; y: [N, OH, OW, C]; mean: [N, C] (squeeze-excite's pooling); TF "SAME" padding.
-// Attributes: stride, act_in, act_out (0 none, 1 SiLU, 2 ReLU, 3 ReLU6). XLA made
-// seven passes over these activations (BN + act + pad, the taps, BN + act, the mean); here
-// one image's activated input stays in L2 and y is written once (V2-S eval at 224 px, b32:
-// 1.05-1.06 vs 1.14-1.16 s).
+// [C]; y: [N, OH, OW, C]; TF "SAME" padding. Attributes: stride, act_in, act_out (0 none,
+// 1 SiLU, 2 ReLU, 3 ReLU6). XLA made seven passes over these activations (BN + act + pad, the
+// taps, BN + act, squeeze-excite's mean); here one image's activated input stays in L2 and y is
+// written once (V2-S eval at 224 px, b32: 1.05-1.06 vs 1.14-1.16 s).
+// effnetv2_mbconv_depthwise_se_inference: the same, then squeeze-excite on each image while its
+// y is still in cache:
+//   gate = sigmoid(se_act(mean_pixels(y) @ se_reduce + se_reduce_bias) @ se_expand
+//                  + se_expand_bias),  y *= gate
+// with se_reduce [C, S], se_reduce_bias [S], se_expand [S, C], se_expand_bias [C] and the
+// attribute se_act. XLA's gate multiply was one more pass over y (V2-S eval: 23 ms of 1.05 s).
 
 #include <algorithm>
 #include <atomic>
@@ -502,27 +507,60 @@ void WithActivation(int64_t act, Fn fn) {
 
 }  // namespace
 
-static ffi::Error MbconvDepthwiseInference(
-    ffi::ThreadPool pool, ffi::Buffer<ffi::F32> u, ffi::Buffer<ffi::F32> in_affine,
-    ffi::Buffer<ffi::F32> kernel, ffi::Buffer<ffi::F32> out_shift, ffi::ResultBuffer<ffi::F32> y,
-    ffi::ResultBuffer<ffi::F32> mean, int64_t stride, int64_t act_in, int64_t act_out) {
+namespace {
+
+// Squeeze-excite's weights for one block (see the header); nullptr where the block has none.
+struct SqueezeExciteWeights {
+  const float* reduce;       // [C, S]
+  const float* reduce_bias;  // [S]
+  const float* expand;       // [S, C]
+  const float* expand_bias;  // [C]
+  int64_t squeezed;          // S
+  int64_t act;
+};
+
+// gate[c] = sigmoid(act(mean @ reduce + reduce_bias) @ expand + expand_bias)[c] for one image.
+void SqueezeExciteGate(const SqueezeExciteWeights& se, const float* mean, float* gate,
+                       int64_t c) {
+  std::vector<float> squeezed(se.reduce_bias, se.reduce_bias + se.squeezed);
+  for (int64_t ch = 0; ch < c; ++ch) {
+    const float m = mean[ch];
+    const float* __restrict__ row = se.reduce + ch * se.squeezed;
+    for (int64_t j = 0; j < se.squeezed; ++j) squeezed[j] += m * row[j];
+  }
+  WithActivation(se.act, [&](auto act) {
+    for (float& v : squeezed) v = Activate<decltype(act)::value>(v);
+  });
+  std::copy(se.expand_bias, se.expand_bias + c, gate);
+  for (int64_t j = 0; j < se.squeezed; ++j) {
+    const float v = squeezed[j];
+    const float* __restrict__ row = se.expand + j * c;
+    for (int64_t ch = 0; ch < c; ++ch) gate[ch] += v * row[ch];
+  }
+  for (int64_t ch = 0; ch < c; ++ch) gate[ch] = 1.0f / (1.0f + Exp(-gate[ch]));
+}
+
+ffi::Error MbconvDepthwise(ffi::ThreadPool pool, const char* name, ffi::Buffer<ffi::F32> u,
+                           ffi::Buffer<ffi::F32> in_affine, ffi::Buffer<ffi::F32> kernel,
+                           ffi::Buffer<ffi::F32> out_shift, ffi::ResultBuffer<ffi::F32> y,
+                           int64_t stride, int64_t act_in, int64_t act_out,
+                           const SqueezeExciteWeights* se) {
   auto ud = u.dimensions();
   auto yd = y->dimensions();
   auto kd = kernel.dimensions();
   if (ud.size() != 4 || yd.size() != 4 || kd.size() != 3) {
-    return ffi::Error::InvalidArgument(
-        "effnetv2_mbconv_depthwise_inference: u and y must be 4-D, the kernel [k, k, C]");
+    return ffi::Error::InvalidArgument(std::string(name) +
+                                       ": u and y must be 4-D, the kernel [k, k, C]");
   }
   const int64_t n = ud[0], h = ud[1], w = ud[2], c = ud[3], oh = yd[1], ow = yd[2], k = kd[0];
   if (stride < 1 || k < 1 || kd[1] != k || kd[2] != c ||
       yd[0] != n || yd[3] != c || oh != (h + stride - 1) / stride ||
       ow != (w + stride - 1) / stride || in_affine.dimensions().size() != 2 ||
       in_affine.dimensions()[0] != 2 || in_affine.dimensions()[1] != c ||
-      out_shift.element_count() != c || mean->element_count() != n * c ||
-      act_in < kNone || act_in > kRelu6 || act_out < kNone || act_out > kRelu6) {
-    return ffi::Error::InvalidArgument(
-        "effnetv2_mbconv_depthwise_inference: shapes, stride, padding or activations do not "
-        "match");
+      out_shift.element_count() != c || act_in < kNone || act_in > kRelu6 ||
+      act_out < kNone || act_out > kRelu6) {
+    return ffi::Error::InvalidArgument(std::string(name) +
+                                       ": shapes, stride, padding or activations do not match");
   }
   // TF "SAME": the total padding makes the last window fit; the odd pixel goes after.
   const int64_t pad_top = std::max<int64_t>((oh - 1) * stride + k - h, 0) / 2;
@@ -536,11 +574,11 @@ static ffi::Error MbconvDepthwiseInference(
   const float* taps = kernel.typed_data();
   const float* bias = out_shift.typed_data();
   float* y_data = y->typed_data();
-  float* mean_data = mean->typed_data();
   ParallelFor(pool, n, [=](int64_t b) {
     // Only the border is zeroed: the image's rows overwrite the rest (zeroing all of it cost
     // a second write of each image's ~1 MB).
     std::vector<float> acc(c);
+    std::vector<float> sum(se ? c : 0, 0.0f);
     std::unique_ptr<float[]> padded(new float[hp * wp * c]);
     std::fill(padded.get(), padded.get() + pad_top * wp * c, 0.0f);
     std::fill(padded.get() + (pad_top + h) * wp * c, padded.get() + hp * wp * c, 0.0f);
@@ -553,8 +591,7 @@ static ffi::Error MbconvDepthwiseInference(
         AffineActivateRow<decltype(act)::value>(src, scale, shift, row + pad_left * c, w, c);
       });
     }
-    float* sum = mean_data + b * c;
-    std::fill(sum, sum + c, 0.0f);
+    float* image = y_data + b * oh * ow * c;
     for (int64_t r = 0; r < oh; ++r) {
       for (int64_t q = 0; q < ow; ++q) {
         float* __restrict__ a = acc.data();
@@ -567,16 +604,63 @@ static ffi::Error MbconvDepthwiseInference(
             for (int64_t ch = 0; ch < c; ++ch) a[ch] += px[ch] * wt[ch];
           }
         }
-        float* out = y_data + ((b * oh + r) * ow + q) * c;
+        float* out = image + (r * ow + q) * c;
         WithActivation(act_out, [&](auto act) {
-          ActivateAndSum<decltype(act)::value>(a, out, sum, c);
+          if (se) {
+            ActivateAndSum<decltype(act)::value>(a, out, sum.data(), c);
+          } else {
+            for (int64_t ch = 0; ch < c; ++ch) out[ch] = Activate<decltype(act)::value>(a[ch]);
+          }
         });
       }
     }
+    if (!se) return;
     const float inv = 1.0f / static_cast<float>(oh * ow);
-    for (int64_t ch = 0; ch < c; ++ch) sum[ch] *= inv;
+    for (float& v : sum) v *= inv;
+    std::vector<float> gate(c);
+    SqueezeExciteGate(*se, sum.data(), gate.data(), c);
+    const float* __restrict__ g = gate.data();
+    for (int64_t p = 0; p < oh * ow; ++p) {
+      float* __restrict__ out = image + p * c;
+      for (int64_t ch = 0; ch < c; ++ch) out[ch] *= g[ch];
+    }
   });
   return ffi::Error::Success();
+}
+
+}  // namespace
+
+static ffi::Error MbconvDepthwiseInference(
+    ffi::ThreadPool pool, ffi::Buffer<ffi::F32> u, ffi::Buffer<ffi::F32> in_affine,
+    ffi::Buffer<ffi::F32> kernel, ffi::Buffer<ffi::F32> out_shift, ffi::ResultBuffer<ffi::F32> y,
+    int64_t stride, int64_t act_in, int64_t act_out) {
+  return MbconvDepthwise(pool, "effnetv2_mbconv_depthwise_inference", u, in_affine, kernel,
+                         out_shift, y, stride, act_in, act_out, nullptr);
+}
+
+static ffi::Error MbconvDepthwiseSeInference(
+    ffi::ThreadPool pool, ffi::Buffer<ffi::F32> u, ffi::Buffer<ffi::F32> in_affine,
+    ffi::Buffer<ffi::F32> kernel, ffi::Buffer<ffi::F32> out_shift,
+    ffi::Buffer<ffi::F32> se_reduce, ffi::Buffer<ffi::F32> se_reduce_bias,
+    ffi::Buffer<ffi::F32> se_expand, ffi::Buffer<ffi::F32> se_expand_bias,
+    ffi::ResultBuffer<ffi::F32> y, int64_t stride, int64_t act_in, int64_t act_out,
+    int64_t se_act) {
+  const char* name = "effnetv2_mbconv_depthwise_se_inference";
+  auto rd = se_reduce.dimensions();
+  const int64_t c = kernel.dimensions().size() == 3 ? kernel.dimensions()[2] : -1;
+  const int64_t s = rd.size() == 2 ? rd[1] : -1;
+  if (rd.size() != 2 || rd[0] != c || s < 1 || se_reduce_bias.element_count() != s ||
+      se_expand.dimensions().size() != 2 || se_expand.dimensions()[0] != s ||
+      se_expand.dimensions()[1] != c || se_expand_bias.element_count() != c ||
+      se_act < kNone || se_act > kRelu6) {
+    return ffi::Error::InvalidArgument(
+        std::string(name) + ": squeeze-excite weights must be [C, S], [S], [S, C], [C] for the "
+        "kernel's C channels, with an activation code 0-3");
+  }
+  const SqueezeExciteWeights se{se_reduce.typed_data(), se_reduce_bias.typed_data(),
+                                se_expand.typed_data(), se_expand_bias.typed_data(), s, se_act};
+  return MbconvDepthwise(pool, name, u, in_affine, kernel, out_shift, y, stride, act_in,
+                         act_out, &se);
 }
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(effnetv2_mbconv_depthwise_inference, MbconvDepthwiseInference,
@@ -587,7 +671,23 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(effnetv2_mbconv_depthwise_inference, MbconvDepthwi
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("stride")
                                   .Attr<int64_t>("act_in")
                                   .Attr<int64_t>("act_out"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(effnetv2_mbconv_depthwise_se_inference, MbconvDepthwiseSeInference,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("stride")
+                                  .Attr<int64_t>("act_in")
+                                  .Attr<int64_t>("act_out")
+                                  .Attr<int64_t>("se_act"));

@@ -12,8 +12,8 @@ code is furthest from the hardware:
   F(4x4, 3x3) Winograd convolution that `conv_ops` uses for dense 3x3 stride-1 convs (XLA's
   fusions for them move 4-9 GB/s).
 - `mbconv_depthwise_inference`: an MBConv block's BN + activation, depthwise conv, BN +
-  activation and squeeze-excite pooling at inference, in one pass (V2-S eval at 224 px, b32:
-  1.05-1.06 vs 1.14-1.16 s; see `blocks.MBConv`).
+  activation and squeeze-excite at inference, in one pass (V2-S eval at 224 px, b32:
+  1.05-1.06 vs 1.14-1.16 s, and squeeze-excite's gate in the pass: see `blocks.MBConv`).
 
 The library is built on first use with the system C++ compiler (`CXX`, default g++) against
 jaxlib's FFI headers, into `$EFFNETV2_JAX_KERNEL_CACHE` (default `~/.cache/effnetv2_jax/kernels`),
@@ -52,8 +52,10 @@ WINOGRAD_OUTPUT = "effnetv2_winograd_output"
 WINOGRAD_OUTPUT_ADJOINT = "effnetv2_winograd_output_adjoint"
 WINOGRAD_INPUT_ADJOINT = "effnetv2_winograd_input_adjoint"
 MBCONV_DEPTHWISE_INFERENCE = "effnetv2_mbconv_depthwise_inference"
+MBCONV_DEPTHWISE_SE_INFERENCE = "effnetv2_mbconv_depthwise_se_inference"
 TARGETS = (DEPTHWISE_KERNEL_GRAD, MATERIALIZE, SPATIAL_MEAN, WINOGRAD_INPUT, WINOGRAD_OUTPUT,
-           WINOGRAD_OUTPUT_ADJOINT, WINOGRAD_INPUT_ADJOINT, MBCONV_DEPTHWISE_INFERENCE)
+           WINOGRAD_OUTPUT_ADJOINT, WINOGRAD_INPUT_ADJOINT, MBCONV_DEPTHWISE_INFERENCE,
+           MBCONV_DEPTHWISE_SE_INFERENCE)
 # The activations `mbconv_depthwise_inference` computes, by name (as in layers.ACTIVATIONS).
 KERNEL_ACTIVATIONS = {None: 0, "silu": 1, "swish": 1, "relu": 2, "relu6": 3}
 WINOGRAD_TILE = 4  # output pixels per tile side, F(4x4, 3x3)
@@ -220,22 +222,31 @@ def winograd_input_adjoint(dv, shape):
 
 
 def mbconv_depthwise_inference(u, in_scale, in_shift, kernel, out_shift, stride: int,
-                               act_in: str | None, act_out: str | None):
+                               act_in: str | None, act_out: str | None, squeeze_excite=None):
     """`y = act_out(depthwise(act_in(u * in_scale + in_shift), kernel) + out_shift)` with TF
-    "SAME" padding, and `y`'s mean over its pixels; float32, one pass (`cpu_kernels.cc`).
+    "SAME" padding, then optionally squeeze-excite's gate on `y`; float32, one pass
+    (`cpu_kernels.cc`).
 
     Args:
       u: [N, H, W, C]; in_scale, in_shift, out_shift: [C]; kernel: [k, k, C] (the depthwise
         kernel with the BN scale folded in); act_in, act_out: keys of `KERNEL_ACTIVATIONS`.
+      squeeze_excite: None, or (reduce [C, S], reduce_bias [S], expand [S, C], expand_bias [C],
+        activation): `y *= sigmoid(act(mean_pixels(y) @ reduce + reduce_bias) @ expand +
+        expand_bias)` per image, while the image's y is in cache.
     Returns:
-      (y [N, ceil(H / stride), ceil(W / stride), C], mean [N, C]), float32. Not
-      differentiable (inference only). Needs `available()` and the CPU backend.
+      y [N, ceil(H / stride), ceil(W / stride), C] float32. Not differentiable (inference
+      only). Needs `available()` and the CPU backend.
     """
     n, h, w, c = u.shape
-    out = (jax.ShapeDtypeStruct((n, -(-h // stride), -(-w // stride), c), jnp.float32),
-           jax.ShapeDtypeStruct((n, c), jnp.float32))
+    out = jax.ShapeDtypeStruct((n, -(-h // stride), -(-w // stride), c), jnp.float32)
     f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
-    return jax.ffi.ffi_call(MBCONV_DEPTHWISE_INFERENCE, out, vmap_method="sequential")(
-        f32(u), jnp.stack([f32(in_scale), f32(in_shift)]), f32(kernel), f32(out_shift),
-        stride=np.int64(stride), act_in=np.int64(KERNEL_ACTIVATIONS[act_in]),
-        act_out=np.int64(KERNEL_ACTIVATIONS[act_out]))
+    args = [f32(u), jnp.stack([f32(in_scale), f32(in_shift)]), f32(kernel), f32(out_shift)]
+    attrs = dict(stride=np.int64(stride), act_in=np.int64(KERNEL_ACTIVATIONS[act_in]),
+                 act_out=np.int64(KERNEL_ACTIVATIONS[act_out]))
+    if squeeze_excite is None:
+        return jax.ffi.ffi_call(MBCONV_DEPTHWISE_INFERENCE, out, vmap_method="sequential")(
+            *args, **attrs)
+    *weights, se_activation = squeeze_excite
+    return jax.ffi.ffi_call(MBCONV_DEPTHWISE_SE_INFERENCE, out, vmap_method="sequential")(
+        *args, *map(f32, weights), **attrs,
+        se_act=np.int64(KERNEL_ACTIVATIONS[se_activation]))

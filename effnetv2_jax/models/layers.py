@@ -255,22 +255,22 @@ class SqueezeExcite(nnx.Module):
         kernel = conv.kernel[...][0, 0].astype(x.dtype)
         return x @ kernel + conv.bias[...].astype(x.dtype)
 
-    def __call__(self, x, *, train: bool = False, pooled=None):
+    def __call__(self, x, *, train: bool = False):
         """x: [batch, height, width, channels] -> the same shape, gated per channel.
-
-        `pooled`: x's mean over height and width, [batch, channels], where the caller has it
-        already (MBConv's fused inference kernel computes it on the way).
 
         With the "cpu" impl the pooling (`spatial_mean`) and in training the gate's gradient
         (`gate_channels`) avoid XLA:CPU reductions.
         """
-        cpu = self.impl == "cpu"
-        if pooled is None:
-            pooled = spatial_mean(x, impl=self.impl, train=train)
-        pooled = pooled.astype(self.dtype)
+        pooled = spatial_mean(x, impl=self.impl, train=train).astype(self.dtype)
         squeezed = get_activation(self.activation)(self._dense(self.reduce, pooled))
         gate = jax.nn.sigmoid(self._dense(self.expand, squeezed)).astype(x.dtype)
-        return gate_channels(x, gate) if cpu else x * gate[:, None, None, :]
+        return gate_channels(x, gate) if self.impl == "cpu" else x * gate[:, None, None, :]
+
+    def kernel_weights(self):
+        """(reduce [C, S], reduce_bias [S], expand [S, C], expand_bias [C], activation): the
+        form `cpu_kernels.mbconv_depthwise_inference` takes to gate inside MBConv's kernel."""
+        return (self.reduce.kernel[...][0, 0], self.reduce.bias[...],
+                self.expand.kernel[...][0, 0], self.expand.bias[...], self.activation)
 
 
 def spatial_mean(x, *, impl: str, train: bool):
