@@ -1,27 +1,40 @@
 """Command line: `python -m effnetv2_jax.main --config=configs/s_imagenet.py --workdir=DIR`.
 
-Kept short on purpose: flags in, `train_and_evaluate` / `evaluate` out. On a CPU host the
-command first restarts itself once with mimalloc preloaded, so that XLA's step buffers are reused
-instead of faulted in again each step (`allocator.py`: the V2-S step 1.63 s instead of 2.12 s
-with glibc's defaults; EFFNETV2_JAX_ALLOCATOR=system turns it off). Override any config key
-with `--config.key=value` (e.g. `--config.train.global_batch_size=256`); an unknown key or a
-value of the wrong type stops here, before anything is built. Running the same command again in
-the same workdir resumes from its latest checkpoint.
+Kept short on purpose: flags in, `train_and_evaluate` / `evaluate` / `compile_check` out. On a
+CPU host the command first restarts itself once with mimalloc preloaded, so that XLA's step
+buffers are reused instead of faulted in again each step (`allocator.py`;
+EFFNETV2_JAX_ALLOCATOR=system turns it off). Override any config key with `--config.key=value`
+(e.g. `--config.train.global_batch_size=256`); an unknown key or a value of the wrong type stops
+here, before anything is built. Running the same command again in the same workdir resumes from
+its latest checkpoint.
+
+`--mode=compile --topology=v5p-64` compiles every progressive stage's train step and the eval
+step for that TPU slice on this machine (libtpu, no TPU needed), prints memory, FLOPs and a
+roofline estimate per step, writes them to the workdir, and exits non-zero naming any step
+that does not fit (`train/aot.py`).
 """
+
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from effnetv2_jax import allocator
 
-if __name__ == "__main__":  # before the imports below take seconds and start threads
-    allocator.restart()
+_MODES = ("train", "eval", "train_and_eval", "compile")
 
-from effnetv2_jax.train.loop import evaluate, train_and_evaluate  # noqa: E402
+if __name__ == "__main__" and "--mode=compile" not in sys.argv:
+    allocator.restart()  # before the imports below take seconds and start threads
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, TensorBoard logs, compile cache.")
+_MODE = flags.DEFINE_enum("mode", None, _MODES, "Overrides config.mode; 'compile' compiles "
+                          "every step for --topology (or this job's devices) and reports.")
+_TOPOLOGY = flags.DEFINE_string("topology", None, "--mode=compile: a TPU slice as gcloud names "
+                                "it (v4-8, v5litepod-16, v5p-64, v6e-8) or a libtpu topology "
+                                "(v5e:2x2); unset: this job's devices.")
+_SLICES = flags.DEFINE_integer("slices", 1, "--mode=compile: slices of --topology over DCN.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -29,8 +42,23 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
+    mode = _MODE.value or config.mode
+    if mode != "compile" and (_TOPOLOGY.value or _SLICES.value != 1):
+        raise app.UsageError("--topology and --slices are for --mode=compile")
     logging.info("config:\n%s", config)
-    if config.mode == "eval":
+    if mode == "compile":
+        from effnetv2_jax.train import aot, topology  # noqa: PLC0415
+        if _TOPOLOGY.value:
+            topology.quiet_libtpu()  # before libtpu loads: this host need not be a TPU VM
+        try:
+            aot.compile_check(config, _WORKDIR.value, _TOPOLOGY.value, _SLICES.value)
+        except aot.CompileCheckError as error:
+            sys.exit(f"compile check failed:\n{error}")
+        return
+    from effnetv2_jax.train.loop import evaluate, train_and_evaluate  # noqa: PLC0415
+    with config.unlocked():
+        config.mode = mode
+    if mode == "eval":
         results = evaluate(config, _WORKDIR.value)
     else:
         results = train_and_evaluate(config, _WORKDIR.value)

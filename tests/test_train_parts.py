@@ -146,7 +146,7 @@ def test_stage_is_a_function_of_the_step():
                                                       ("groups", 2, 2)])
 def test_bn_statistic_modes_on_four_devices_match_numpy(mode, group_size, groups):
     assert jax.device_count() == 4, "conftest sets JAX_NUM_CPU_DEVICES=4"
-    assert sharding.bn_groups(mode, group_size) == groups
+    assert sharding.bn_groups(mode, 4, group_size) == groups
     model = effnetv2_jax.create_model(
         "efficientnetv2-s", block_strings=("r1_k3_s1_e1_i8_o8_c1",), feature_size=8,
         num_classes=2, conv_impl="xla")
@@ -170,13 +170,14 @@ def test_bn_statistic_modes_on_four_devices_match_numpy(mode, group_size, groups
                                atol=2e-4)
     np.testing.assert_allclose(running_mean, 0.1 * mean.mean(axis=0).ravel(), atol=1e-5)
     with pytest.raises(ValueError, match="must divide the 4 devices"):
-        sharding.bn_groups("groups", 3)
+        sharding.bn_groups("groups", 4, 3)
 
 
 def test_batch_size_must_divide_over_devices():
-    assert sharding.check_batch_size(8) == 8
+    mesh = sharding.make_mesh()
+    assert sharding.check_batch_size(8, mesh) == 8
     with pytest.raises(ValueError, match="train.global_batch_size=6 does not divide over 4"):
-        sharding.check_batch_size(6)
+        sharding.check_batch_size(6, mesh)
 
 
 @pytest.mark.parametrize("key, value, message", [

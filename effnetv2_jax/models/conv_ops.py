@@ -64,18 +64,30 @@ _DIMS = ("NHWC", "HWIO", "NHWC")
 _CHUNK_BYTES = 2 * 1024 * 1024
 
 
-def default_conv_impl() -> str:
-    """``"cpu"`` when JAX's default backend is the CPU, else ``"xla"``."""
-    return "cpu" if jax.default_backend() == "cpu" else "xla"
+def default_conv_impl(platform: str | None = None) -> str:
+    """``"cpu"`` for programs compiled for CPU devices, else ``"xla"``.
+
+    Args:
+      platform: the platform of the devices the model's programs are compiled for ("cpu",
+        "gpu", "tpu"); None means JAX's default backend, right for a model used on this host
+        (a notebook, `predict`). Training passes its mesh's platform, so that a TPU program
+        compiled on a CPU host (`--mode=compile`) gets no CPU kernels.
+    """
+    return "cpu" if (platform or jax.default_backend()) == "cpu" else "xla"
 
 
-def resolve_conv_impl(impl: str | None) -> str:
-    """Map ``None`` / ``"auto"`` to :func:`default_conv_impl`; validate anything else."""
+def resolve_conv_impl(impl: str | None, platform: str | None = None) -> str:
+    """Map ``None`` / ``"auto"`` to :func:`default_conv_impl` for `platform`; validate anything
+    else. The "cpu" impl calls XLA:CPU custom calls (`cpu_kernels.py`), so it is refused for a
+    known non-CPU platform."""
     if impl is None or impl == "auto":
-        return default_conv_impl()
+        return default_conv_impl(platform)
     if impl not in CONV_IMPLS:
         raise ValueError(f"unknown conv impl {impl!r}; expected one of {CONV_IMPLS} "
                          "(or None / 'auto')")
+    if impl == "cpu" and platform not in (None, "cpu"):
+        raise ValueError(f"conv impl 'cpu' runs only on CPU devices, and this program is for "
+                         f"{platform}; use 'auto' or 'xla' (model.conv_impl)")
     return impl
 
 

@@ -31,7 +31,9 @@ from jax.experimental import multihost_utils
 
 from effnetv2_jax.models.counting import count_flops
 from effnetv2_jax.train import loop, sharding
+from effnetv2_jax.train import run as run_setup
 from effnetv2_jax.train.checkpoint import Checkpointer
+from effnetv2_jax.train.compiled_steps import compile_train_steps
 
 WARMUP_STEPS = 1   # the first call of an executable pays one-off allocation costs
 
@@ -66,10 +68,10 @@ def accuracy_key(config: ml_collections.ConfigDict) -> str:
     return "eval/ema_top1" if config.train.ema_decay > 0 else "eval/top1"
 
 
-def _local_batch(run: loop.Run, image_size: int, seed: int) -> dict[str, np.ndarray]:
+def _local_batch(run: run_setup.Run, image_size: int, seed: int) -> dict[str, np.ndarray]:
     """This process's part of a train batch of the compiled shapes (values do not change the
     step's time: the step has no data-dependent control flow)."""
-    batch = sharding.check_batch_size(run.config.train.global_batch_size)
+    batch = sharding.check_batch_size(run.config.train.global_batch_size, run.mesh)
     classes = run.metadata["num_classes"]
     rng = np.random.default_rng(seed)
     labels = np.eye(classes, dtype=np.float32)[rng.integers(0, classes, batch)]
@@ -77,12 +79,12 @@ def _local_batch(run: loop.Run, image_size: int, seed: int) -> dict[str, np.ndar
     return {"image": images, "label": labels}
 
 
-def time_train_step(run: loop.Run, compiled: Mapping, timed_steps: int = 5) -> float:
+def time_train_step(run: run_setup.Run, compiled: Mapping, timed_steps: int = 5) -> float:
     """Median wall time (seconds) of the last stage's compiled train step, after a warm-up.
 
     Args:
-      run: from `loop.setup`; its state is consumed (the step donates it).
-      compiled: from `loop.compile_train_steps(run)`.
+      run: from `run_setup.setup`; its state is consumed (the step donates it).
+      compiled: from `compile_train_steps(run)`.
       timed_steps: calls to time (>= 1).
     """
     if timed_steps < 1:
@@ -111,13 +113,13 @@ def time_train_step(run: loop.Run, compiled: Mapping, timed_steps: int = 5) -> f
 def _measure(config: ml_collections.ConfigDict, workdir: str,
              timed_steps: int) -> tuple[float, int, int, int]:
     """(step seconds, trainable params, MACs per image, total steps) of the config's network."""
-    run = loop.setup(config, workdir)
+    run = run_setup.setup(config, workdir)
     try:
         params = int(sum(np.size(x) for x in jax.tree.leaves(run.state.params)))
         size = run.stages[-1].image_size
         flops = count_flops(config.model.name, size, num_classes=run.metadata["num_classes"],
-                            **loop.model_overrides(config))
-        compiled = loop.compile_train_steps(run)
+                            **run_setup.model_overrides(config))
+        compiled = compile_train_steps(run)
         seconds = time_train_step(run, compiled, timed_steps)
         return seconds, params, flops, run.total_steps
     finally:

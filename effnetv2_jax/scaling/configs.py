@@ -20,20 +20,20 @@ import ml_collections
 
 from effnetv2_jax.models.factory import resolve_model_args
 from effnetv2_jax.scaling.base import ScaledModel, ScalingBase, round_resolution
-from effnetv2_jax.train import loop
+from effnetv2_jax.train import run as run_setup
 from effnetv2_jax.train.config import base_config, validate
 
 
 def _schedule(config: ml_collections.ConfigDict):
     # loop's own reading of the config, so a member trains exactly what its base would.
-    _, variant = resolve_model_args(config.model.name, loop.model_overrides(config))
-    return variant, loop.stage_schedule(config, variant)
+    _, variant = resolve_model_args(config.model.name, run_setup.model_overrides(config))
+    return variant, run_setup.stage_schedule(config, variant)
 
 
 def base_from_config(config: ml_collections.ConfigDict, name: str = "base") -> ScalingBase:
     """The network a training config trains, with its final train size and its eval size."""
     validate(config)
-    arch, _ = resolve_model_args(config.model.name, loop.model_overrides(config))
+    arch, _ = resolve_model_args(config.model.name, run_setup.model_overrides(config))
     variant, schedule = _schedule(config)
     return ScalingBase(arch, int(schedule.image_size[1]),
                        int(config.eval.image_size or variant.eval_size), name)

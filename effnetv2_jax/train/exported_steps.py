@@ -66,12 +66,22 @@ def _describe_leaf(leaf) -> str:
             f"{dict(mesh.shape) if mesh is not None else None}")
 
 
+def _devices(args) -> list:
+    """The devices the arguments are sharded over (the program's target, which need not be
+    this host's: a TPU slice described on a CPU host), in a stable order."""
+    for leaf in jax.tree.leaves(args):
+        if getattr(leaf, "sharding", None) is not None:
+            return sorted(leaf.sharding.device_set, key=lambda d: d.id)
+    return jax.devices()
+
+
 def step_key(name: str, description: dict, args) -> str:
     """Hex key of a step: `description` (JSON-able) must name everything the step's Python
     closure depends on that the sources and the argument shapes do not."""
-    devices = jax.devices()
+    devices = _devices(args)
     payload = {"name": name, "description": description, "versions": _versions(),
-               "source": _source_digest(), "process_count": jax.process_count(),
+               "source": _source_digest(),
+               "process_count": len({d.process_index for d in devices}),
                "devices": [len(devices), devices[0].platform, devices[0].device_kind],
                "args": [_describe_leaf(leaf) for leaf in jax.tree.leaves(args)],
                "tree": str(jax.tree.structure(args))}
@@ -93,6 +103,15 @@ class CompiledStep:
 
     def memory_analysis(self):
         return self._compiled.memory_analysis()
+
+    def cost_analysis(self) -> dict:
+        """XLA's per-device estimate: "flops", "bytes accessed", ..."""
+        analysis = self._compiled.cost_analysis()
+        return (analysis[0] if isinstance(analysis, list) else analysis) or {}
+
+    def as_text(self) -> str:
+        """The optimised HLO of the compiled program."""
+        return self._compiled.as_text()
 
 
 def _artifact_path(name: str, description: dict, args, cache_dir: str) -> epath.Path:
@@ -137,10 +156,16 @@ def compile_step(fn, args: tuple, *, name: str, description: dict, out_sharding,
             out_leaves, trees["out"] = jax.tree.flatten(outputs)
             return out_leaves
 
+        # Exported for the platform of the devices the step runs on, which need not be the
+        # host's (compiling for a TPU slice from a CPU machine); only a CPU program may hold
+        # the project's XLA:CPU kernels, which jax.export must be told are safe.
+        platform = _devices(args)[0].platform
         exported = jax.export.export(
             jax.jit(flat, in_shardings=in_shardings, out_shardings=out_sharding),
+            platforms=(platform,),
             disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(target)
-                             for target in cpu_kernels.TARGETS])(*leaves)
+                             for target in cpu_kernels.TARGETS] if platform == "cpu" else ()
+        )(*leaves)
         out_tree = trees["out"]
     compiled = jax.jit(exported.call, in_shardings=in_shardings, out_shardings=out_sharding,
                        donate_argnums=donate).lower(*leaves).compile()

@@ -11,8 +11,6 @@ step) produces bitwise the parameters an uninterrupted run would.
 
 from __future__ import annotations
 
-import dataclasses
-import os
 import signal
 import time
 
@@ -21,151 +19,18 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 from jax.experimental import multihost_utils
-from jax.experimental.compilation_cache import compilation_cache
 
 from effnetv2_jax import data
 from effnetv2_jax.models.counting import count_flops
-from effnetv2_jax.models.factory import create_model, resolve_model_args
-from effnetv2_jax.train import inputs, progressive, sharding
-from effnetv2_jax.train.checkpoint import Checkpointer, abstract_like, warm_start
+from effnetv2_jax.train import progressive, sharding
+from effnetv2_jax.train.checkpoint import Checkpointer
 from effnetv2_jax.train.compiled_steps import compile_train_steps, eval_steps
-from effnetv2_jax.train.config import validate
-from effnetv2_jax.train.optim import learning_rate_schedule, make_optimizer
 from effnetv2_jax.train.reporting import Reporter
-from effnetv2_jax.train.state import TrainState, create_train_state, split_model
+from effnetv2_jax.train.run import Run, model_overrides, setup, stage_schedule
+from effnetv2_jax.train.state import TrainState
 
-
-@dataclasses.dataclass
-class Run:
-    """What the loop and evaluation share once set up."""
-
-    config: ml_collections.ConfigDict
-    variant: object
-    mesh: jax.sharding.Mesh
-    graphdef: object
-    state: TrainState
-    tx: object
-    learning_rate: object
-    info: object
-    data_config: object
-    preprocess: object
-    stages: list
-    total_steps: int
-    eval_size: int
-    checkpointer: Checkpointer
-    metadata: dict
-    compile_cache_dir: str | None = None  # also holds the exported steps (exported_steps.py)
-
-
-def model_overrides(config) -> dict:
-    """The config's architecture overrides of its variant (what `create_model`,
-    `count_params` and `count_flops` take as keywords); unset values are left out."""
-    m = config.model
-    overrides = {"block_strings": tuple(m.block_strings) or None, "width": m.width or None,
-                 "depth": m.depth or None, "feature_size": m.feature_size or None,
-                 "survival_prob": None if m.survival_prob < 0 else m.survival_prob,
-                 "bn_momentum": None if m.bn_momentum < 0 else m.bn_momentum}
-    return {k: v for k, v in overrides.items() if v is not None}
-
-
-def stage_schedule(config, variant) -> progressive.Schedule:
-    """The first and last stage's settings: the config's own ("custom") or a preset's."""
-    p = config.progressive
-    if p.preset == "custom":
-        return progressive.Schedule(*(tuple(p[k]) for k in (
-            "image_size", "randaug_magnitude", "mixup_alpha", "cutmix_alpha", "dropout_rate")))
-    return progressive.preset(variant.name, p.preset, p.num_stages)
-
-
-def _enable_compile_cache(config, workdir: str) -> str | None:
-    """JAX's persistent compilation cache in the workdir (or `checkpoint.compile_cache_dir`,
-    e.g. a bucket shared by a pod), so a restarted run does not compile again. Returns the
-    folder (None when the config says "none"); the exported steps live there too."""
-    path = config.checkpoint.compile_cache_dir
-    if path == "none":
-        return None
-    path = path or os.path.join(os.path.abspath(workdir), "compile_cache")
-    if jax.config.jax_compilation_cache_dir != path:
-        # reset_cache makes the new directory take effect even after earlier compilations
-        # in this process (a notebook, a test session).
-        compilation_cache.reset_cache()
-        compilation_cache.set_cache_dir(path)
-    return path
-
-
-def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
-    """Everything up to (and including) restoring the latest checkpoint; no compilation."""
-    validate(config)
-    workdir = workdir if "://" in workdir else os.path.abspath(workdir)  # Orbax wants absolute
-    sharding.initialize_distributed(config.distributed.coordinator_address,
-                                    config.distributed.num_processes,
-                                    config.distributed.process_id)
-    compile_cache_dir = _enable_compile_cache(config, workdir)
-    batch = config.train.global_batch_size
-    sharding.check_batch_size(batch)
-    eval_batch = config.eval.global_batch_size or batch
-    sharding.check_batch_size(eval_batch, "eval.global_batch_size")
-    overrides = model_overrides(config)
-    _, variant = resolve_model_args(config.model.name, overrides)
-
-    data_config = inputs.data_config(config)
-    info = data.dataset_info(data_config)
-    num_classes = config.model.num_classes or info.num_classes
-    if num_classes != info.num_classes:
-        # The pipeline's one-hot labels have the data's width; the head would not match.
-        raise ValueError(f"config.model.num_classes={num_classes} but the data has "
-                         f"{info.num_classes} classes; set it to 0 (the data's count) or "
-                         f"{info.num_classes}")
-    steps_per_epoch = info.num_train_examples / batch
-    total_steps = config.train.num_steps or int(config.train.num_epochs * steps_per_epoch)
-    stages = progressive.make_stages(stage_schedule(config, variant), config.progressive.num_stages,
-                                     total_steps)
-
-    model = create_model(config.model.name, num_classes=num_classes, dtype=config.model.dtype,
-                         conv_impl=None if config.model.conv_impl == "auto"
-                         else config.model.conv_impl, seed=config.seed,
-                         remat=config.model.remat, **overrides)
-    model.set_bn_groups(sharding.bn_groups(config.train.bn_mode, config.train.bn_group_size))
-    graphdef, params, batch_stats = split_model(model)
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
-                                keep_latest=config.checkpoint.keep_latest,
-                                keep_best=config.checkpoint.keep_best,
-                                async_save=config.checkpoint.async_save)
-    if config.train.init_checkpoint and checkpointer.latest_step() is None:
-        # Only a fresh run warm-starts; a restarted one resumes its own checkpoint.
-        params, batch_stats, _ = warm_start(params, batch_stats, config.train.init_checkpoint,
-                                            use_ema=config.train.init_use_ema)
-    learning_rate = learning_rate_schedule(
-        base_lr=config.train.base_lr, global_batch_size=batch, steps_per_epoch=steps_per_epoch,
-        total_steps=total_steps, schedule=config.train.lr_schedule,
-        warmup_epochs=config.train.warmup_epochs, decay_epochs=config.train.decay_epochs,
-        decay_factor=config.train.decay_factor, min_lr=config.train.min_lr)
-    tx = make_optimizer(learning_rate=learning_rate, optimizer=config.train.optimizer,
-                        weight_decay=config.train.weight_decay,
-                        grad_clip_norm=config.train.grad_clip_norm)
-
-    mesh = sharding.make_mesh()
-    replicated = sharding.replicated(mesh)
-    state = jax.jit(lambda p, s: create_train_state(p, s, tx), out_shardings=replicated)(
-        params, batch_stats)
-    restored = checkpointer.restore(abstract_like(state, replicated))
-    if restored is not None:
-        state, _, step = restored
-        logging.info("resumed from step %d of %s", step, checkpointer.directory)
-    pre = inputs.preprocess_for(config, variant)
-    metadata = {"model": config.model.name, "num_classes": num_classes,
-                "model_overrides": {k: list(v) if isinstance(v, tuple) else v
-                                    for k, v in overrides.items()},
-                "train_size": stages[-1].image_size,
-                "eval_size": config.eval.image_size or variant.eval_size,
-                "preprocessing": dataclasses.asdict(pre), "class_names": list(info.class_names),
-                "config": config.to_json()}
-    return Run(config=config, variant=variant, mesh=mesh, graphdef=graphdef, state=state, tx=tx,
-               learning_rate=learning_rate, info=info, data_config=data_config,
-               preprocess=pre, stages=stages, total_steps=total_steps,
-               eval_size=config.eval.image_size or variant.eval_size,
-               checkpointer=checkpointer, metadata=metadata,
-               compile_cache_dir=compile_cache_dir)
+__all__ = ["Run", "evaluate", "evaluate_run", "model_overrides", "run_evaluation", "setup",
+           "stage_schedule", "train_and_evaluate"]
 
 
 def run_evaluation(run: Run, eval_step, state: TrainState) -> dict[str, float]:

@@ -49,9 +49,45 @@ def _on_cloud_tpu() -> bool:
                 or glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
 
 
-def make_mesh() -> Mesh:
-    """All devices on one "data" axis (Auto axis type: jit propagates shardings itself)."""
-    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(AxisType.Auto,))
+def make_mesh(devices=None) -> Mesh:
+    """One "data" axis over `devices` (default: all of this job's), Auto axis type (jit
+    propagates shardings itself).
+
+    Devices of several slices (TPU multi-slice: each has a `slice_index`) are laid out by
+    `mesh_utils.create_hybrid_device_mesh`: slice-major, so that each slice holds a contiguous
+    part of the batch. Data parallelism then crosses the slow data-centre network (DCN) only
+    for the gradient all-reduce, and BN statistic groups of up to one slice's devices
+    (`bn_groups`) stay within a slice.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    slices = num_slices(devices)
+    if slices == 1:
+        return jax.make_mesh((len(devices),), ("data",), axis_types=(AxisType.Auto,),
+                             devices=devices)
+    from jax.experimental import mesh_utils  # noqa: PLC0415
+    per_slice = len(devices) // slices
+    grid = mesh_utils.create_hybrid_device_mesh((per_slice,), (slices,), devices)
+    return Mesh(grid.reshape(-1), ("data",), axis_types=(AxisType.Auto,))
+
+
+def num_slices(devices) -> int:
+    """Slices the devices span (1 unless they are TPU multi-slice devices)."""
+    return len({getattr(d, "slice_index", 0) or 0 for d in devices})
+
+
+def platform(mesh: Mesh) -> str:
+    """The platform of the mesh's devices ("cpu", "gpu", "tpu"): what its programs compile
+    for, whatever the host's default backend is."""
+    platforms = {d.platform for d in mesh.devices.flat}
+    if len(platforms) != 1:
+        raise ValueError(f"the mesh mixes platforms {sorted(platforms)}")
+    return platforms.pop()
+
+
+def process_count(mesh: Mesh) -> int:
+    """Processes (hosts) that feed the mesh: `jax.process_count()` for this job's devices,
+    the target's hosts for a described topology."""
+    return len({d.process_index for d in mesh.devices.flat})
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -62,9 +98,10 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P("data"))
 
 
-def check_batch_size(global_batch_size: int, name: str = "train.global_batch_size") -> int:
-    """The per-process batch; the global batch must divide over devices and processes."""
-    devices, processes = jax.device_count(), jax.process_count()
+def check_batch_size(global_batch_size: int, mesh: Mesh,
+                     name: str = "train.global_batch_size") -> int:
+    """The per-process batch; the global batch must divide over the mesh's devices."""
+    devices, processes = mesh.size, process_count(mesh)
     if global_batch_size < 1 or global_batch_size % devices:
         raise ValueError(f"{name}={global_batch_size} does not divide over {devices} devices "
                          f"({processes} processes); use a multiple of {devices}")
@@ -77,19 +114,20 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
 
 
-def bn_groups(mode: str, group_size: int = 8) -> int:
-    """Number of BN statistic groups of the global batch for a `train.bn_mode`.
+def bn_groups(mode: str, num_devices: int, group_size: int = 8) -> int:
+    """Number of BN statistic groups of the global batch for a `train.bn_mode` on a mesh of
+    `num_devices`.
 
     global: 1 (statistics over the whole batch); per_device: one group per device; groups: one
     group per `group_size` devices (the official TPU code's groups of 8).
     """
-    devices = jax.device_count()
     if mode == "global":
         return 1
     if mode == "per_device":
-        return devices
+        return num_devices
     if mode == "groups":
-        if group_size < 1 or devices % group_size:
-            raise ValueError(f"train.bn_group_size={group_size} must divide the {devices} devices")
-        return devices // group_size
+        if group_size < 1 or num_devices % group_size:
+            raise ValueError(f"train.bn_group_size={group_size} must divide the {num_devices} "
+                             f"devices")
+        return num_devices // group_size
     raise ValueError(f"unknown train.bn_mode {mode!r} (valid: {', '.join(BN_MODES)})")
