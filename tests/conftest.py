@@ -9,5 +9,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from hypothesis import settings  # noqa: E402
 
+from effnetv2_jax.train import topology  # noqa: E402
+
+# libtpu (the `tpu` extra) compiles for TPU topologies described here: tell it this is not a
+# TPU VM, so it neither asks a metadata server nor prints its TPU-VM errors.
+topology.quiet_libtpu()
+
 settings.register_profile("ci", derandomize=True, print_blob=True)
 settings.load_profile("ci")

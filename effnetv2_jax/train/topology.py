@@ -188,12 +188,13 @@ def quiet_libtpu() -> None:
     """Tells libtpu this is not a TPU VM before it first loads, so that describing a
     topology neither queries the GCE metadata server (unreachable off Google Cloud) nor prints
     its "could not determine TPU accelerator type / worker hostnames" errors. Only where no
-    TPU_* settings exist already (a real TPU VM keeps its own). For entry points: it sets
-    process environment variables."""
+    TPU_* settings exist already (a real TPU VM keeps its own). Off a TPU VM several processes
+    may also load libtpu at once (it otherwise takes /tmp/libtpu_lockfile, meant to keep two
+    programs off one TPU). For entry points: it sets process environment variables."""
     if any(key in os.environ for key in ("TPU_ACCELERATOR_TYPE", "TPU_WORKER_HOSTNAMES")):
         return
     os.environ.update(TPU_SKIP_MDS_QUERY="1", TPU_ACCELERATOR_TYPE="v5litepod-1",
-                      TPU_WORKER_HOSTNAMES="localhost")
+                      TPU_WORKER_HOSTNAMES="localhost", ALLOW_MULTIPLE_LIBTPU_LOAD="1")
 
 
 def devices(accelerator: Accelerator, slices: int = 1) -> list:
@@ -208,7 +209,7 @@ def devices(accelerator: Accelerator, slices: int = 1) -> list:
             chip_config_name=accelerator.spec.chip_config,
             chips_per_host_bounds=accelerator.chips_per_host_bounds, num_slices=slices)
     except Exception as error:
-        if "libtpu" in str(error).lower() or "tpu" not in _backends():
+        if not libtpu_installed():
             raise RuntimeError(
                 f"describing {accelerator.name} needs libtpu, the TPU compiler: pip install "
                 f"'effnetv2_jax[tpu]' (Linux x86_64). ({type(error).__name__}: {error})"
@@ -217,9 +218,10 @@ def devices(accelerator: Accelerator, slices: int = 1) -> list:
     return list(description.devices)
 
 
-def _backends() -> str:
+def libtpu_installed() -> bool:
+    """Whether libtpu, the TPU compiler, is importable here."""
     try:
         import libtpu  # noqa: F401, PLC0415
     except ImportError:
-        return ""
-    return "tpu"
+        return False
+    return True
