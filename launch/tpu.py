@@ -13,7 +13,10 @@
     python launch/tpu.py delete $T
 
 Every subcommand takes --dry-run: it prints the exact gcloud commands instead of running them.
-All options are checked before the first gcloud call. `train` is idempotent: it stops a stale run
+All options are checked before the first gcloud call, and `create`, `train` and `watch` first
+compile every step of the config for the accelerator on this machine (`python -m
+effnetv2_jax.main --mode=compile`, libtpu, no TPU) and stop if one does not fit
+(`--skip-compile-check` skips it). `train` is idempotent: it stops a stale run
 on each worker, and effnetv2_jax resumes from the latest checkpoint in the workdir. Standard
 library only, so it runs wherever gcloud does. See launch/README.md.
 """
@@ -79,12 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     create = sub.add_parser("create", parents=[common], help="create the slice")
     _add_create_args(create)
+    _add_config_args(create)
     setup = sub.add_parser("setup", parents=[common],
                            help="copy (or clone) the code and pip install .[tpu] on every worker")
     _add_setup_args(setup)
     train = sub.add_parser("train", parents=[common],
                            help="(re)start training on every worker, in the background")
     _add_train_args(train)
+    _add_config_args(train)
     logs = sub.add_parser("logs", parents=[common], help="tail worker 0's log (or every worker's)")
     logs.add_argument("--all", action="store_true", help="every worker, lines labelled by host")
     logs.add_argument("--follow", action="store_true", help="keep following (tail -F)")
@@ -100,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_create_args(watch)
     _add_setup_args(watch)
     _add_train_args(watch)
+    _add_config_args(watch)
     watch.add_argument("--interval", type=float, default=300.0, help="seconds between checks")
     watch.add_argument("--max-failures", type=int, default=3,
                        help="give up after the run fails (non-zero exit) this many times")
@@ -119,12 +125,19 @@ def _add_setup_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="configs/s_imagenet.py",
-                   help="config file, relative to the repository root")
     p.add_argument("--workdir", default="",
                    help="checkpoints and logs; gs://BUCKET/PATH (required on multi-host slices)")
     p.add_argument("--grace", type=int, default=180,
                    help="seconds a stale run gets to save before SIGKILL")
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="configs/s_imagenet.py",
+                   help="config file, relative to the repository root")
+    p.add_argument("--skip-compile-check", action="store_true",
+                   help="do not first compile every step of the config for the accelerator "
+                        "on this machine (python -m effnetv2_jax.main --mode=compile; needs "
+                        "`pip install -e '.[tpu]'` here, and takes minutes)")
     p.add_argument("overrides", nargs="*", metavar="--config.KEY=VALUE",
                    help="config overrides, after a `--`")
 
@@ -159,6 +172,8 @@ def validate(args: argparse.Namespace) -> accelerators.Slice | None:
             raise UsageError("queued resources take --spot, not --preemptible")
     if args.command == "watch" and not args.queued:
         raise UsageError("watch recreates a queued resource: add --queued (and --spot)")
+    if args.command in ("create", "train", "watch"):
+        _validate_config(args)
     if args.command in ("train", "watch"):
         _validate_train(args, slice_)
     if args.command in ("setup", "watch") and args.ref and not args.repo:
@@ -174,6 +189,9 @@ def _validate_train(args: argparse.Namespace, slice_: accelerators.Slice) -> Non
             f"--workdir={args.workdir!r} is not on gs://: {slice_.name} has {slice_.hosts} "
             f"hosts, and all of them must write and read the same checkpoints; use "
             f"--workdir=gs://BUCKET/PATH")
+
+
+def _validate_config(args: argparse.Namespace) -> None:
     if not (REPO_ROOT / args.config).is_file():
         raise UsageError(f"--config={args.config!r} is not a file under {REPO_ROOT}")
     for override in args.overrides:
@@ -275,8 +293,41 @@ def pack_source(root: Path, destination: Path) -> Path:
 # ---------------------------------------------------------------------------------------------
 # Subcommands
 
+def compile_check_command(args, slice_, workdir: str) -> list[str]:
+    """The compile-mode run that checks the config on the slice before anything is spent."""
+    return [sys.executable, "-m", "effnetv2_jax.main", f"--config={args.config}",
+            "--mode=compile", f"--topology={slice_.name}", f"--workdir={workdir}",
+            *args.overrides]
+
+
+def compile_check(args, slice_, dry_run: bool) -> None:
+    """Compiles every step of the config for the slice here (libtpu, no TPU) and raises
+    UsageError, before any gcloud call, if one does not fit; `--skip-compile-check` skips."""
+    if args.skip_compile_check:
+        return
+    with tempfile.TemporaryDirectory() as workdir:
+        cmd = compile_check_command(args, slice_, workdir)
+        if dry_run:  # stderr: stdout lists exactly the gcloud calls
+            print(f"# first, the compile check: {shlex.join(cmd)}", file=sys.stderr)
+            return
+        _say(f"compiling {args.config} for {slice_.name} on this machine first (minutes; "
+             f"--skip-compile-check skips)")
+        result = subprocess.run(cmd, cwd=REPO_ROOT, text=True, stderr=subprocess.PIPE,
+                                check=False)
+    if result.returncode:
+        failed = [line for line in result.stderr.splitlines()
+                  if line.startswith(("FAILED", "compile check failed"))]
+        detail = "\n".join(failed) or "\n".join(result.stderr.splitlines()[-8:])
+        hint = ("; install the package here with `pip install -e '.[tpu]'`"
+                if "No module named" in result.stderr else "")
+        raise UsageError(f"{args.config} does not pass the compile check for {slice_.name}:\n"
+                         f"{detail}\n(fix the config, or pass --skip-compile-check to launch "
+                         f"anyway{hint})")
+
+
 def cmd_create(args, gcloud: Gcloud, slice_) -> int:
     print(f"# {slice_.describe()}", file=sys.stderr)
+    compile_check(args, slice_, gcloud.dry_run)
     gcloud.run(create_command(args, slice_))
     return 0
 
@@ -296,7 +347,9 @@ def cmd_setup(args, gcloud: Gcloud, slice_) -> int:
     return 0
 
 
-def cmd_train(args, gcloud: Gcloud, slice_) -> int:
+def cmd_train(args, gcloud: Gcloud, slice_, check: bool = True) -> int:
+    if check:
+        compile_check(args, slice_, gcloud.dry_run)
     script = worker_scripts.train(args.config, args.workdir, args.overrides, slice_.name,
                                   args.grace)
     gcloud.run(ssh_command(args, script))
@@ -332,6 +385,7 @@ def cmd_delete(args, gcloud: Gcloud, slice_) -> int:
 def cmd_watch(args, gcloud: Gcloud, slice_) -> int:
     """Until the run finishes: recreate the queued resource when preempted (SUSPENDED) or
     failed, set it up when new, and re-run `train` whenever no run is going on."""
+    compile_check(args, slice_, gcloud.dry_run)  # once, not at each restart
     if gcloud.dry_run:
         return _print_watch_plan(args, gcloud, slice_)
     failures = 0
@@ -349,7 +403,7 @@ def cmd_watch(args, gcloud: Gcloud, slice_) -> int:
             if run == "not-set-up":
                 cmd_setup(args, gcloud, slice_)
             if run in RESTART_STATES or run.startswith("failed"):
-                cmd_train(args, gcloud, slice_)
+                cmd_train(args, gcloud, slice_, check=False)
         except subprocess.CalledProcessError as e:   # e.g. ssh while the VMs still boot
             _say(f"`{shlex.join(e.cmd)} ...` exited with {e.returncode}; trying again later")
         time.sleep(args.interval)
@@ -386,12 +440,12 @@ def _print_watch_plan(args, gcloud: Gcloud, slice_) -> int:
     print("# not-set-up: setup, then train; not-started, stopped, preempted or failed: train; "
           "finished: stop watching")
     cmd_setup(args, gcloud, slice_)
-    cmd_train(args, gcloud, slice_)
+    cmd_train(args, gcloud, slice_, check=False)
     return 0
 
 
 def _say(message: str) -> None:
-    print(f"[watch {time.strftime('%H:%M:%S')}] {message}", flush=True)
+    print(f"[launch {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 COMMANDS = {"create": cmd_create, "setup": cmd_setup, "train": cmd_train, "logs": cmd_logs,

@@ -19,6 +19,10 @@ GCLOUD_WHERE = ["--project=proj", "--zone=us-central2-b"]
 
 
 def run(*argv: str) -> int:
+    """The launcher, without its compile check (tested on its own below: it takes minutes for
+    the recipes these tests launch)."""
+    if argv[0] in ("create", "train", "watch"):
+        argv = (argv[0], "--skip-compile-check", *argv[1:])
     return tpu.main([*argv])
 
 
@@ -313,3 +317,44 @@ def test_watch_survives_a_failing_ssh(fake_gcloud, capsys):
         "describe", "probe", "setup", "train",
         "describe", "probe"]
     assert "exited with 255; trying again later" in capsys.readouterr().out
+
+
+# --- the compile check before anything is spent ----------------------------------------------
+
+TINY = ["--config=tests/configs/tiny.py"]
+TOO_BIG = ["--", "--config.model.feature_size=1024", "--config.data.synthetic_num_classes=1000000"]
+
+
+def test_dry_run_shows_the_compile_check_first(fake_gcloud, capsys):
+    assert tpu.main(["create", *WHERE, "--accelerator-type=v5litepod-4", *TINY, "--dry-run",
+                     "--", "--config.train.num_steps=2"]) == 0
+    out, err = capsys.readouterr()
+    check = next(line for line in err.splitlines() if "compile check" in line)
+    assert ("-m effnetv2_jax.main --config=tests/configs/tiny.py --mode=compile "
+            "--topology=v5litepod-4 --workdir=") in check
+    assert check.endswith("--config.train.num_steps=2")
+    assert out.startswith("gcloud compute tpus tpu-vm create") and fake_gcloud.calls() == []
+
+
+needs_libtpu = pytest.mark.skipif(not __import__("importlib").util.find_spec("libtpu"),
+                                  reason="libtpu is not installed (the `tpu` extra)")
+
+
+@needs_libtpu
+@pytest.mark.slow
+def test_create_refuses_a_config_that_does_not_fit_before_any_gcloud_call(fake_gcloud, capsys):
+    assert tpu.main(["create", *WHERE, "--accelerator-type=v5litepod-4", *TINY, *TOO_BIG]) == 2
+    err = capsys.readouterr().err
+    assert "does not pass the compile check for v5litepod-4" in err
+    assert "FAILED stage 0 (32 px, 2 per chip) does not fit" in err
+    assert "--skip-compile-check" in err
+    assert fake_gcloud.calls() == []
+
+
+@needs_libtpu
+@pytest.mark.slow
+def test_train_compiles_a_fitting_config_then_starts_it(fake_gcloud):
+    assert tpu.main(["train", *WHERE, "--accelerator-type=v5litepod-4", *TINY,
+                     "--workdir=gs://b/tiny"]) == 0
+    [call] = fake_gcloud.calls()
+    assert "--config=tests/configs/tiny.py" in command_of(call)
