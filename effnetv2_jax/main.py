@@ -35,6 +35,8 @@ _TOPOLOGY = flags.DEFINE_string("topology", None, "--mode=compile: a TPU slice a
                                 "it (v4-8, v5litepod-16, v5p-64, v6e-8) or a libtpu topology "
                                 "(v5e:2x2); unset: this job's devices.")
 _SLICES = flags.DEFINE_integer("slices", 1, "--mode=compile: slices of --topology over DCN.")
+_STAGES = flags.DEFINE_enum("stages", "all", ("all", "last"), "--mode=compile: every stage's "
+                            "train step and the eval step, or only the last (largest) stage's.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -43,15 +45,16 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
     mode = _MODE.value or config.mode
-    if mode != "compile" and (_TOPOLOGY.value or _SLICES.value != 1):
-        raise app.UsageError("--topology and --slices are for --mode=compile")
+    if mode != "compile" and (_TOPOLOGY.value or _SLICES.value != 1 or _STAGES.value != "all"):
+        raise app.UsageError("--topology, --slices and --stages are for --mode=compile")
     logging.info("config:\n%s", config)
     if mode == "compile":
         from effnetv2_jax.train import aot, topology  # noqa: PLC0415
         if _TOPOLOGY.value:
             topology.quiet_libtpu()  # before libtpu loads: this host need not be a TPU VM
         try:
-            aot.compile_check(config, _WORKDIR.value, _TOPOLOGY.value, _SLICES.value)
+            aot.compile_check(config, _WORKDIR.value, _TOPOLOGY.value, _SLICES.value,
+                              _STAGES.value)
         except aot.CompileCheckError as error:
             sys.exit(f"compile check failed:\n{error}")
         return

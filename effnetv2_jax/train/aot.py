@@ -145,10 +145,17 @@ def target_devices(accelerator: str | None, slices: int = 1) -> tuple[list, str]
     return topology.devices(parsed, slices), name
 
 
+STAGES = ("all", "last")
+
+
 def compile_run(config: ml_collections.ConfigDict, accelerator: str | None = None,
-                slices: int = 1) -> Report:
-    """Plans `config` for the target and compiles each of its steps; never raises for a step
-    that does not fit (its report says so), only for a config that cannot be planned."""
+                slices: int = 1, stages: str = "all") -> Report:
+    """Plans `config` for the target and compiles its steps: every stage's train step and the
+    eval step (`stages="all"`), or only the last stage's train step, the largest ("last").
+    Never raises for a step that does not fit (its report says so), only for a config that
+    cannot be planned."""
+    if stages not in STAGES:
+        raise ValueError(f"stages={stages!r} (valid: {', '.join(STAGES)})")
     devices, target = target_devices(accelerator, slices)
     run = plan(config, devices, info=dataset_info(config))
     kind = devices[0].device_kind
@@ -158,7 +165,8 @@ def compile_run(config: ml_collections.ConfigDict, accelerator: str | None = Non
                     dtype=config.model.dtype, remat=bool(config.model.remat),
                     conv_impl=run.model_kwargs["conv_impl"], steps=[],
                     chip_source=generation.source if generation else "")
-    for spec in [*train_step_specs(run), eval_step_spec(run)]:
+    specs = [*train_step_specs(run), eval_step_spec(run)]
+    for spec in specs if stages == "all" else specs[-2:-1]:
         report.steps.append(_compile_step(run, spec, generation))
         logging.info("%s", _row(report.steps[-1]))
     return report
@@ -258,10 +266,11 @@ def format_report(report: Report) -> str:
 
 
 def compile_check(config: ml_collections.ConfigDict, workdir: str,
-                  accelerator: str | None = None, slices: int = 1) -> Report:
+                  accelerator: str | None = None, slices: int = 1,
+                  stages: str = "all") -> Report:
     """`compile_run`, printed as a table and written to `<workdir>/compile_<target>.json`;
     raises CompileCheckError naming each failed step after writing both."""
-    report = compile_run(config, accelerator, slices)
+    report = compile_run(config, accelerator, slices, stages)
     text = format_report(report)
     print(text, flush=True)
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", report.target)
