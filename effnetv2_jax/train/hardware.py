@@ -30,6 +30,10 @@ PRESETS: dict[str, dict[str, object]] = {
     "tpu_v3_32": {"max_global_batch_size": 4096, "model.dtype": "bfloat16",
                   "train.bn_mode": "groups", "train.bn_group_size": 8,
                   "eval.global_batch_size": 1024},
+    # One v4-8 host: 4 chips x 32 GiB. 256 images per chip in bfloat16 fit every V2-S stage
+    # (python -m effnetv2_jax.main ... --mode=compile --topology=v4-8 says so before a launch).
+    "tpu_v4_8": {"max_global_batch_size": 1024, "model.dtype": "bfloat16",
+                 "train.bn_mode": "global", "eval.global_batch_size": 1024},
     # 16 chips x 32 GiB (JAX sees one device per chip).
     "tpu_v4_32": {"max_global_batch_size": 4096, "model.dtype": "bfloat16",
                   "train.bn_mode": "groups", "train.bn_group_size": 8,

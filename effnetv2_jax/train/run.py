@@ -120,7 +120,8 @@ def plan(config: ml_collections.ConfigDict, devices=None,
                         seed=config.seed, remat=config.model.remat, **overrides)
     model = abstract_model(config.model.name, **model_kwargs)
     model.set_bn_groups(sharding.bn_groups(config.train.bn_mode, mesh.size,
-                                           config.train.bn_group_size))
+                                           config.train.bn_group_size,
+                                           sharding.num_slices(mesh.devices.flat)))
     graphdef, params, batch_stats = split_model(model)
     learning_rate = learning_rate_schedule(
         base_lr=config.train.base_lr, global_batch_size=batch, steps_per_epoch=steps_per_epoch,
@@ -173,7 +174,8 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     run = plan(config)
     model = create_model(config.model.name, **run.model_kwargs)
     model.set_bn_groups(sharding.bn_groups(config.train.bn_mode, run.mesh.size,
-                                           config.train.bn_group_size))
+                                           config.train.bn_group_size,
+                                           sharding.num_slices(run.mesh.devices.flat)))
     graphdef, params, batch_stats = split_model(model)
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
                                 keep_latest=config.checkpoint.keep_latest,

@@ -114,12 +114,13 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
 
 
-def bn_groups(mode: str, num_devices: int, group_size: int = 8) -> int:
+def bn_groups(mode: str, num_devices: int, group_size: int = 8, slices: int = 1) -> int:
     """Number of BN statistic groups of the global batch for a `train.bn_mode` on a mesh of
-    `num_devices`.
+    `num_devices` over `slices` TPU slices.
 
     global: 1 (statistics over the whole batch); per_device: one group per device; groups: one
-    group per `group_size` devices (the official TPU code's groups of 8).
+    group per `group_size` devices (the official TPU code's groups of 8), which must not
+    straddle two slices (their statistics would cross the data-centre network every layer).
     """
     if mode == "global":
         return 1
@@ -129,5 +130,9 @@ def bn_groups(mode: str, num_devices: int, group_size: int = 8) -> int:
         if group_size < 1 or num_devices % group_size:
             raise ValueError(f"train.bn_group_size={group_size} must divide the {num_devices} "
                              f"devices")
+        if (num_devices // slices) % group_size:
+            raise ValueError(f"train.bn_group_size={group_size} must divide the "
+                             f"{num_devices // slices} devices of one slice, so that no BN "
+                             f"group spans two slices")
         return num_devices // group_size
     raise ValueError(f"unknown train.bn_mode {mode!r} (valid: {', '.join(BN_MODES)})")

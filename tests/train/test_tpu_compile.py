@@ -138,7 +138,9 @@ def test_two_slices_make_a_slice_major_mesh():
     assert [d.slice_index for d in mesh.devices.flat] == [0] * 4 + [1] * 4
     assert sharding.num_slices(devices) == 2 and sharding.process_count(mesh) == 2
     # BN groups of one slice's 4 devices: each group's statistics stay inside a slice.
-    assert sharding.bn_groups("groups", mesh.size, group_size=4) == 2
+    assert sharding.bn_groups("groups", mesh.size, group_size=4, slices=2) == 2
+    with pytest.raises(ValueError, match="no BN group spans two slices"):
+        sharding.bn_groups("groups", mesh.size, group_size=8, slices=2)
 
 
 def test_unprepared_recipe_datasets_use_their_known_sizes(tmp_path):
