@@ -2,37 +2,62 @@
 
 from setuptools import find_packages, setup
 
-# One set that installs and imports together on Python 3.11 (checked on CPU). jax/flax/orbax move
-# quickly: change a pin only together with the tests.
+# Ranges here, exact versions in requirements/lock.txt (CI and the README install with
+# `pip install -c requirements/lock.txt ...`). Each lower bound is the version the lock holds and
+# the tests passed with; there are no upper caps: a release that breaks us is fixed here or
+# excluded with a `!=`, not guessed at in advance.
+
+# The lean core: models, counting, Orbax checkpoints and `load_checkpoint` (no TensorFlow).
 INSTALL_REQUIRES = [
-    "jax==0.10.2",
-    "jaxlib==0.10.2",
-    "flax==0.12.8",
-    "optax==0.2.8",
-    "orbax-checkpoint==0.12.8",
-    "clu==0.0.12",
-    "ml_collections==1.1.0",
-    "absl-py==2.5.1",
-    "numpy==2.4.6",
-    "tensorflow-cpu==2.21.0",
-    "tensorflow-datasets==4.9.10",
-    "tensorboard==2.21.0",            # clu.metric_writers needs it
-    "importlib_resources==7.1.0",     # TFDS dataset builders need it
-    "matplotlib==3.11.2",             # benchmark plots
-    "pillow==13.0.0",                 # image decoding checks and reference values
-    "scikit-learn==1.9.1",            # ships the real digits dataset (quickstart, tests)
-    "scikit-image==0.26.0",           # ships real sample photos (notebooks, tests)
-    # mimalloc for XLA:CPU's step buffers (effnetv2_jax/allocator.py); Linux wheels only.
-    "cmeel-mimalloc==3.4.3; sys_platform == 'linux'",
-    "cmeel==0.62.0; sys_platform == 'linux'",
+    "jax>=0.10.2",
+    "jaxlib>=0.10.2",                 # the CPU kernels are built against jaxlib's FFI headers
+    "flax>=0.12.8",
+    "optax>=0.2.8",
+    "orbax-checkpoint>=0.12.8",
+    "clu>=0.0.12",                    # metrics, parameter overview (its writers need `data`)
+    "ml_collections>=1.1.0",
+    "absl-py>=2.5.1",
+    "numpy>=2.4.6",
+    "etils[epath]>=1.15.0",
+    "pillow>=13.0.0",                 # image decoding without TensorFlow
 ]
 
-# Weight converters (effnetv2_jax.convert) read timm / Keras files; their parity tests build the
-# reference models, so the test extra includes them. torch 2.14.1 + torchvision 0.29.1 is the
-# pair that installs and runs on CPU here (a CUDA build, taken from the local wheel store).
-CONVERT = ["torch==2.14.1", "torchvision==0.29.1", "timm==1.0.31", "safetensors==0.8.0",
-           "keras==3.15.1"]
-NOTEBOOKS = ["nbclient==0.11.0", "nbformat==5.11.1", "ipykernel==7.4.0"]
+# Where tensorflow-cpu has wheels (Linux and Windows on x86-64) it is the smaller wheel; elsewhere
+# (macOS, Linux aarch64) the plain `tensorflow` wheel is the CPU build.
+_TF_CPU_WHEELS = ("(sys_platform == 'linux' and platform_machine == 'x86_64') or "
+                  "(sys_platform == 'win32' and platform_machine == 'AMD64')")
+_NO_TF_CPU_WHEELS = ("(sys_platform != 'linux' or platform_machine != 'x86_64') and "
+                     "(sys_platform != 'win32' or platform_machine != 'AMD64')")
+_LINUX_X86 = "sys_platform == 'linux' and platform_machine == 'x86_64'"
+
+# Training and evaluation input pipelines (tf.data, TFDS) and TensorBoard summaries.
+DATA = [
+    f"tensorflow-cpu>=2.21.0; {_TF_CPU_WHEELS}",
+    f"tensorflow>=2.21.0; {_NO_TF_CPU_WHEELS}",
+    "tensorflow-datasets>=4.9.10",
+    "importlib_resources>=7.1.0",     # TFDS dataset builders need it
+    "tensorboard>=2.21.0",            # clu.metric_writers needs it
+]
+# mimalloc for XLA:CPU's step buffers (effnetv2_jax/allocator.py; without it glibc's huge pages).
+CPU = ["cmeel-mimalloc>=3.4.3; sys_platform == 'linux'"]
+PLOTS = ["matplotlib>=3.11.2"]
+# The quickstart (configs/quickstart.py): scikit-learn ships its real digits images, matplotlib
+# draws its curves (benchmarks/plot_quickstart.py).
+QUICKSTART = [*DATA, *CPU, *PLOTS, "scikit-learn>=1.9.1"]
+# Weight converters (effnetv2_jax.convert): `.pth` files need torch; their parity tests build the
+# reference models with timm (which needs torchvision) and keras.
+CONVERT = ["torch>=2.14.1", "torchvision>=0.29.1", "timm>=1.0.31", "safetensors>=0.8.0",
+           "keras>=3.15.1", "h5py>=3.14.0"]
+# notebooks/: executed by the tests; they draw with matplotlib on scikit-image's sample photos.
+NOTEBOOKS = ["nbclient>=0.11.0", "nbformat>=5.11.1", "ipykernel>=7.4.0", *PLOTS,
+             "scikit-image>=0.26.0"]
+# Compiling for TPU (and running there): jax[tpu] names the libtpu that matches jax; libtpu has
+# Linux x86-64 wheels only.
+TPU = [f"jax[tpu]>=0.10.2; {_LINUX_X86}"]
+GPU = ["jax[cuda12]>=0.10.2; sys_platform == 'linux'"]
+# The tests cover every extra but the GPU's: the TPU compile checks use libtpu's compiler on CPU.
+TEST = ["pytest>=9.2.0", "pytest-xdist>=3.8.0", "hypothesis>=6.170.17", *QUICKSTART, *CONVERT,
+        *NOTEBOOKS, *TPU]
 
 setup(
     name="effnetv2_jax",
@@ -41,20 +66,27 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    python_requires=">=3.11,<3.12",
+    python_requires=">=3.11",
     packages=find_packages(include=["effnetv2_jax", "effnetv2_jax.*"]),
     package_data={"effnetv2_jax": ["imagenet_classes.txt", "models/cpu_kernels.cc"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={
+        "data": DATA,
+        "cpu": CPU,
+        "plots": PLOTS,
+        "quickstart": QUICKSTART,
         "convert": CONVERT,
-        "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "hypothesis==6.170.17", *CONVERT,
-                 *NOTEBOOKS],
-        "tpu": ["jax[tpu]==0.10.2"],      # pins the matching libtpu
-        "gpu": ["jax[cuda12]==0.10.2"],
+        "notebooks": NOTEBOOKS,
+        "tpu": TPU,
+        "gpu": GPU,
+        "test": TEST,
     },
     classifiers=[
         "License :: OSI Approved :: Apache Software License",
+        "Programming Language :: Python :: 3",
         "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
     ],
 )

@@ -8,12 +8,13 @@ import argparse
 import glob
 import os
 
-import matplotlib
+from effnetv2_jax._extras import require
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from tensorboard.backend.event_processing import event_accumulator  # noqa: E402
+require("matplotlib", "plots", "plot_quickstart.py").use("Agg")
+plt = require("matplotlib.pyplot", "plots", "plot_quickstart.py")
+tf = require("tensorflow", "data", "plot_quickstart.py")
+event_accumulator = require("tensorboard.backend.event_processing.event_accumulator", "data",
+                            "plot_quickstart.py")
 
 
 def read_scalars(workdir: str) -> dict[str, list[tuple[int, float]]]:

@@ -9,7 +9,7 @@ again: 376,000 faults a V2-S step with 4 KiB pages, a fifth of its CPU time (`pe
 `glibc.malloc.hugetlb=1` tunable cuts that to ~1,400 faults of 2 MiB pages, but zeroing them
 still took 8.6% of the CPU time (`perf`: `clear_page_erms`).
 
-What. mimalloc (the pinned `cmeel-mimalloc` wheel) in `LD_PRELOAD`, with
+What. mimalloc (the `cmeel-mimalloc` wheel of the `cpu` extra) in `LD_PRELOAD`, with
   - MIMALLOC_PURGE_DELAY=-1: memory a step frees stays with the process and the next step
     reuses it: no page faults at all in a step;
   - MIMALLOC_ALLOW_LARGE_OS_PAGES=1: 2 MiB pages (transparent huge pages) for its arenas.
@@ -132,7 +132,7 @@ def choice() -> str | None:
         return "mimalloc"
     if wanted == "mimalloc":
         raise ValueError(f"{ENV}=mimalloc, but the {MIMALLOC_PACKAGE} package is not installed: "
-                         f"pip install the version setup.py pins, or set {ENV}=auto")
+                         f"pip install 'effnetv2_jax[cpu]', or set {ENV}=auto")
     if _huge_pages_apply():
         return "huge-pages"
     if wanted == "huge-pages":

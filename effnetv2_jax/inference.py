@@ -24,6 +24,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from effnetv2_jax._extras import require
 from effnetv2_jax.models.efficientnet import EfficientNet
 from effnetv2_jax.models.factory import abstract_model
 from effnetv2_jax.models.variants import get_variant
@@ -182,7 +183,7 @@ def read_image(path: str) -> np.ndarray:
     """An image file (JPEG, PNG, GIF, BMP, WebP) -> uint8 [height, width, 3].
 
     Raises ImageError with a one-line message when the path is missing or not an image."""
-    import tensorflow as tf
+    tf = require("tensorflow", "data", "effnetv2_jax.read_image")
 
     from effnetv2_jax.data.preprocess import decode
 
@@ -228,7 +229,7 @@ def as_rgb(image) -> np.ndarray:
 def preprocess_images(images: Sequence, preprocess, size: int) -> np.ndarray:
     """Decoded images of any sizes -> normalised float32 [batch, size, size, 3], with the data
     pipeline's eval function (centre crop or squash, resize, normalise)."""
-    import tensorflow as tf
+    tf = require("tensorflow", "data", "effnetv2_jax.predict's preprocessing")
 
     from effnetv2_jax.data.preprocess import eval_image
 

@@ -2,7 +2,7 @@
 # EfficientNetV2 on one machine with several GPUs: a single process drives every visible GPU
 # (JAX puts one device per GPU on the "data" mesh axis), so no jax.distributed setup is needed.
 #
-#   pip install -e ".[gpu]"                      # jax[cuda12]; see launch/README.md
+#   pip install -e ".[gpu,data]"                 # jax[cuda12], tf.data; see launch/README.md
 #   WORKDIR=/data/runs/v2s bash launch/gpu_single_node.sh \
 #       --config.data.data_dir=/data/tensorflow_datasets
 #

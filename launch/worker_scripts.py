@@ -3,7 +3,8 @@
 Each function returns one script. Everything a worker keeps lives in three places in $HOME:
 
     ~/effnetv2_jax      the code (a copy of your checkout, or a clone)
-    ~/effnetv2_venv     Python 3.11 with `pip install -e ".[tpu]"`
+    ~/effnetv2_venv     the VM's python3 (or python3.11 where it is older) with
+                        `pip install -c requirements/lock.txt -e ".[tpu,data]"`
     ~/effnetv2_run      train.log (this worker's log), pid (the run), exit_code (when it ended)
 
 A run's state, as `probe` reports it: not-set-up, not-started, running, stopped (killed before it
@@ -18,7 +19,13 @@ import shlex
 CODE_DIR = "$HOME/effnetv2_jax"
 VENV_DIR = "$HOME/effnetv2_venv"
 RUN_DIR = "$HOME/effnetv2_run"
-PYTHON = "python3.11"     # setup.py: python_requires >=3.11,<3.12; TPU VM images ship 3.10
+# setup.py's python_requires is >=3.11: the VM's own python3 where it is that new (Ubuntu 24.04
+# images: 3.12), else python3.11 from apt (Ubuntu 22.04 images ship 3.10).
+PYTHON = "python3"
+FALLBACK_PYTHON = "python3.11"
+MIN_PYTHON = (3, 11)
+EXTRAS = "tpu,data"              # jax[tpu] and the input pipelines (setup.py)
+LOCK = "requirements/lock.txt"   # the versions CI tested; used where the checkout holds it
 ARCHIVE = "effnetv2_jax.tar.gz"    # the copied checkout, in $HOME
 STATE_PREFIX = "effnetv2-run:"     # the probe's line, parsed by `watch`
 # Logged by effnetv2_jax/train/loop.py when a SIGTERM made the run save and exit 0 (a test
@@ -41,7 +48,9 @@ def _q(value: str) -> str:
 
 def setup(repo: str = "", ref: str = "") -> str:
     """Puts the code in CODE_DIR (from the copied archive, or `git clone repo` at `ref`) and
-    installs it with the TPU extra. Refuses while a run is active: `stop` it first."""
+    installs it with the TPU and data extras, at the lock's versions where the code holds the
+    lock. Uses the VM's python3 where it is at least MIN_PYTHON, else python3.11 (apt-installed
+    if missing). Refuses while a run is active: `stop` it first."""
     if repo:
         fetch = f'rm -rf "{CODE_DIR}"\ngit clone --quiet {_q(repo)} "{CODE_DIR}"\n'
         if ref:
@@ -49,18 +58,28 @@ def setup(repo: str = "", ref: str = "") -> str:
     else:
         fetch = (f'rm -rf "{CODE_DIR}" && mkdir -p "{CODE_DIR}"\n'
                  f'tar -xzf "$HOME/{ARCHIVE}" -C "{CODE_DIR}"\n')
+    new_enough = f"import sys; sys.exit(sys.version_info < {MIN_PYTHON})"
     return f"""set -euo pipefail
 {_ALIVE}if [ -f "{RUN_DIR}/pid" ] && alive "$(cat "{RUN_DIR}/pid")"; then
   echo "a training run is active on $(hostname); run 'launch/tpu.py stop' first" >&2
   exit 1
 fi
-if ! command -v {PYTHON} >/dev/null; then
-  sudo apt-get update -qq
-  sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq {PYTHON} {PYTHON}-venv
+py={PYTHON}
+if ! {PYTHON} -c {_q(new_enough)} 2>/dev/null; then
+  py={FALLBACK_PYTHON}
 fi
-{fetch}[ -x "{VENV_DIR}/bin/python" ] || {PYTHON} -m venv "{VENV_DIR}"
+if ! command -v "$py" >/dev/null || ! "$py" -c "import ensurepip" 2>/dev/null; then
+  sudo apt-get update -qq
+  sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$py" "$py-venv"
+fi
+{fetch}if [ -x "{VENV_DIR}/bin/python" ] && ! "{VENV_DIR}/bin/python" -c {_q(new_enough)}; then
+  rm -rf "{VENV_DIR}"
+fi
+[ -x "{VENV_DIR}/bin/python" ] || "$py" -m venv "{VENV_DIR}"
+lock=()
+[ -f "{CODE_DIR}/{LOCK}" ] && lock=(-c "{CODE_DIR}/{LOCK}")
 "{VENV_DIR}/bin/pip" install --quiet --upgrade pip
-"{VENV_DIR}/bin/pip" install --quiet -e "{CODE_DIR}[tpu]"
+"{VENV_DIR}/bin/pip" install --quiet ${{lock[@]+"${{lock[@]}}"}} -e "{CODE_DIR}[{EXTRAS}]"
 "{VENV_DIR}/bin/python" -c "import effnetv2_jax" && echo "effnetv2_jax installed on $(hostname)"
 """
 

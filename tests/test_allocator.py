@@ -14,26 +14,31 @@ ENV_NAMES = (allocator.ENV, "GLIBC_TUNABLES", "JAX_PLATFORMS", "LD_PRELOAD",
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
 needs_mimalloc = pytest.mark.skipif(
     not sys.platform.startswith("linux") or allocator.mimalloc_library() is None,
-    reason="needs the cmeel-mimalloc wheel (setup.py installs it on Linux)")
+    reason="needs the cmeel-mimalloc wheel (the cpu extra installs it on Linux)")
 needs_huge_pages = pytest.mark.skipif(
     not (sys.platform.startswith("linux") and allocator._huge_pages_apply()),
     reason="needs glibc >= 2.35 and transparent huge pages in madvise mode")
 
 
 def _env(**extra):
-    return {**{k: v for k, v in os.environ.items() if k not in ENV_NAMES}, **extra}
+    # JAX_PLATFORMS=cpu: a CPU host even where libtpu is installed (the test extra has it).
+    return {**{k: v for k, v in os.environ.items() if k not in ENV_NAMES},
+            "JAX_PLATFORMS": "cpu", **extra}
 
 
 @pytest.fixture
 def clean_env(monkeypatch):
+    """No allocator settings, and a CPU host: the test extra installs libtpu (for the TPU
+    compile checks), which would otherwise read as an accelerator plugin."""
     for name in ENV_NAMES:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(allocator, "ACCELERATOR_MODULES", ("no_such_plugin",))
     return monkeypatch
 
 
 @needs_mimalloc
 def test_mimalloc_by_default_on_a_cpu_host_unless_the_user_says_otherwise(clean_env):
-    assert allocator.choice() == "mimalloc"  # no accelerator plugin in the test environment
+    assert allocator.choice() == "mimalloc"  # no accelerator plugin (clean_env)
     for name, value in ((allocator.ENV, "system"), ("JAX_PLATFORMS", "cuda,cpu"),
                         ("GLIBC_TUNABLES", "glibc.malloc.hugetlb=0"),
                         ("LD_PRELOAD", "/usr/lib/libjemalloc.so.2"),
@@ -74,7 +79,8 @@ def test_a_wrong_or_unavailable_choice_fails_with_the_fix(clean_env):
         allocator.choice()
     clean_env.setenv(allocator.ENV, "mimalloc")
     clean_env.setattr(allocator, "mimalloc_library", lambda: None)
-    with pytest.raises(ValueError, match="cmeel-mimalloc package is not installed: pip install"):
+    with pytest.raises(ValueError,
+                       match=r"cmeel-mimalloc package is not installed: pip install .effnetv2_jax\[cpu\]"):
         allocator.choice()
     clean_env.setattr(allocator, "_huge_pages_apply", lambda: False)
     clean_env.setenv(allocator.ENV, "auto")

@@ -96,7 +96,8 @@ def test_every_recipe_documents_its_command_and_expected_result():
         assert "Expected" in doc, name
 
 
-@pytest.mark.parametrize("name,arg", [("s_imagenet", "paper"), ("efficientnet_b0", ""),
+@pytest.mark.parametrize("name,arg", [pytest.param("s_imagenet", "paper", marks=pytest.mark.slow),
+                                      ("efficientnet_b0", ""),
                                       ("s_21k", ""), ("cifar10_ft", "code")])
 def test_two_training_steps(name, arg, cache_dir, tmp_path):
     config = tiny(load(name, arg), cache_dir, num_stages=2)

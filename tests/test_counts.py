@@ -124,6 +124,7 @@ def _tiny_variants():
             ("efficientnet-lite0", dict(depth=0.3))]  # relu6, no SE
 
 
+@pytest.mark.slow  # compiles five models for XLA's cost analysis
 @pytest.mark.parametrize("name, overrides", _tiny_variants())
 def test_flops_agree_with_xla_cost_analysis(name, overrides):
     size = 64

@@ -159,6 +159,7 @@ def _fresh_process(tmp_path, **env):
     return done.stdout, done.stderr
 
 
+@pytest.mark.slow  # a fresh process per setting
 @pytest.mark.parametrize("env, why", [
     ({"CXX": "no-such-compiler"}, "no C++ compiler 'no-such-compiler' on PATH"),
     ({"CXX": "false"}, "false failed"),
@@ -172,6 +173,7 @@ def test_without_the_kernels_xla_code_gives_the_same_gradient(env, why, tmp_path
     assert list(tmp_path.iterdir()) == []  # nothing built, no half-written file left behind
 
 
+@pytest.mark.slow  # builds the kernels in fresh processes
 def test_the_build_is_cached_per_source_and_machine(tmp_path):
     """One device: the gradient (strides 1 and 2) uses both kernels and equals XLA's convs,
     and the depthwise output is materialised once."""
@@ -185,6 +187,7 @@ def test_the_build_is_cached_per_source_and_machine(tmp_path):
     assert list(tmp_path.iterdir()) == [built] and built.stat().st_mtime_ns == stamp  # reused
 
 
+@pytest.mark.slow  # builds the kernels in fresh processes
 def test_a_damaged_cached_library_is_built_again(tmp_path, monkeypatch):
     monkeypatch.setenv("EFFNETV2_JAX_KERNEL_CACHE", str(tmp_path))
     damaged = cpu_kernels.library_path()

@@ -126,6 +126,7 @@ def test_tf_batch_preprocessing_matches_eval_image(interpolation, squash_min_siz
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow  # a fresh process
 def test_jax_export_runs_with_jax_alone(artefacts, reference):
     """The file deserializes with `jax.export` only and takes any batch size."""
     with open(artefacts["model.jax"], "rb") as f:

@@ -255,6 +255,7 @@ def test_imagenet_class_names():
     assert inference.default_class_names(3) == ("class_0", "class_1", "class_2")
 
 
+@pytest.mark.slow  # executes a notebook in a kernel
 def test_inference_notebook_runs(tmp_path):
     """Executes notebooks/inference.ipynb end to end (it writes a randomly initialised
     checkpoint itself when EFFNETV2_CHECKPOINT is not set)."""

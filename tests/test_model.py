@@ -213,6 +213,7 @@ def test_bfloat16_compute_keeps_float32_parameters_and_statistics():
     assert not np.allclose(trained.stem_bn.mean[...], 0.0)
 
 
+@pytest.mark.slow  # compiles and runs training steps per conv impl
 @pytest.mark.parametrize("impl", ["xla", "cpu"])
 def test_a_few_sgd_steps_reduce_the_loss(impl):
     model = tiny(conv_impl=impl, dropout_rate=0.0, survival_prob=None)

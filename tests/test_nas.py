@@ -279,6 +279,7 @@ def _load_config_file(path):
     return module.get_config()
 
 
+@pytest.mark.slow  # a search of several trainings, end to end
 def test_search_end_to_end_with_resume(tmp_path, counted_training, restore_compile_cache):
     workdir = str(tmp_path / "search")
     first = run_search(_search_config(2), workdir)

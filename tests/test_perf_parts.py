@@ -75,6 +75,7 @@ def _loss_and_grad(remat: bool):
     return compiled(*args), compiled.memory_analysis()
 
 
+@pytest.mark.slow  # compiles V2-S training steps twice
 def test_remat_same_numbers_less_memory():
     ((loss, stats), grads), memory = _loss_and_grad(False)
     ((loss_r, stats_r), grads_r), memory_r = _loss_and_grad(True)

@@ -4,6 +4,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # the README's quickstart, end to end: minutes
+
 REPO = Path(__file__).resolve().parents[1]
 
 

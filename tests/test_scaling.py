@@ -184,6 +184,7 @@ def test_grid_candidates_respect_the_flops_constraint():
         grid_candidates([0.9], [1.1], [1.1])
 
 
+@pytest.mark.slow  # several trainings, end to end
 def test_grid_search_trains_ranks_records_and_resumes(tmp_path):
     config = parse_command_line(f"--config={TINY}", "--config.train.num_steps=2",
                                 "--config.progressive.num_stages=1", "--config.data.augment=none",

@@ -100,6 +100,7 @@ def _as_two_processes(make_iterator):
     return make
 
 
+@pytest.mark.slow  # multi-process: two training processes
 def test_two_processes_match_one_process_on_four_devices(tmp_path, monkeypatch, compile_cache):
     """2 processes x 2 CPU devices (jax.distributed on localhost) against 1 process x 4 devices
     fed the same global batches (each process reads its own part of the data, so the

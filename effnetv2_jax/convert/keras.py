@@ -37,6 +37,7 @@ import zipfile
 
 import numpy as np
 
+from effnetv2_jax._extras import require
 from effnetv2_jax.convert.common import OpenedSource, SourceTensor, tf_depthwise_to_flax
 from effnetv2_jax.convert.layout import Layer, stage_positions
 from effnetv2_jax.models.arch import ResolvedArch, ResolvedBlock
@@ -125,7 +126,7 @@ class _H5Reader:
     """All datasets of an HDF5 file by path (Keras 3) or by `<layer>/<weight>` (legacy)."""
 
     def __init__(self, file_or_bytes):
-        import h5py
+        h5py = require("h5py", "convert", "reading a Keras weight file")
 
         self._arrays: dict[str, np.ndarray] = {}
         with h5py.File(file_or_bytes, "r") as f:

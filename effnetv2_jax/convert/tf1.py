@@ -28,6 +28,7 @@ import weakref
 
 import numpy as np
 
+from effnetv2_jax._extras import require
 from effnetv2_jax.convert.common import (ConversionError, OpenedSource, SourceTensor,
                                          tf_depthwise_to_flax)
 from effnetv2_jax.convert.layout import Layer
@@ -90,7 +91,7 @@ def _find_checkpoint_dir(root: str) -> str:
 def checkpoint_prefix(path: str) -> str:
     """A checkpoint directory, prefix, or `<prefix>.index` -> the prefix to read."""
     if os.path.isdir(path):
-        import tensorflow as tf
+        tf = require("tensorflow", "data", "reading a TF1 checkpoint")
 
         # The `checkpoint` state file may hold absolute paths from where it was written (an
         # unpacked archive's point elsewhere): only its file name is used, inside `path`.
@@ -118,7 +119,7 @@ def checkpoint_files(prefix: str) -> list[str]:
 
 class _Reader:
     def __init__(self, prefix: str):
-        import tensorflow as tf
+        tf = require("tensorflow", "data", "reading a TF1 checkpoint")
 
         self._reader = tf.train.load_checkpoint(prefix)
         self._names = set(self._reader.get_variable_to_shape_map())

@@ -27,6 +27,7 @@ import os
 
 import numpy as np
 
+from effnetv2_jax._extras import require
 from effnetv2_jax.convert.common import (OpenedSource, SourceTensor, linear_to_dense,
                                          oihw_to_hwio)
 from effnetv2_jax.convert.layout import Layer, stage_positions
@@ -95,18 +96,11 @@ def load_state_dict(path: str, *, use_ema: bool = True) -> tuple[dict[str, np.nd
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no timm weight file at {path}")
     if path.endswith(SAFETENSORS_SUFFIXES):
-        try:
-            from safetensors.numpy import load_file
-        except ImportError as error:
-            raise ImportError("reading .safetensors needs the `safetensors` package: "
-                              "pip install 'effnetv2_jax[convert]'") from error
-        state, which = load_file(path), "state_dict"
+        safetensors_numpy = require("safetensors.numpy", "convert", "reading .safetensors")
+        state, which = safetensors_numpy.load_file(path), "state_dict"
     elif path.endswith(PICKLE_SUFFIXES):
-        try:
-            import torch
-        except ImportError as error:
-            raise ImportError("reading a PyTorch .pth needs torch: pip install "
-                              "'effnetv2_jax[convert]' (or convert a .safetensors file)") from error
+        torch = require("torch", "convert",
+                        "reading a PyTorch .pth (a .safetensors file needs no torch)")
         import pickle
 
         # weights_only=True: tensors and plain containers only, never arbitrary pickled code.

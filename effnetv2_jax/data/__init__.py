@@ -19,10 +19,15 @@ This package never imports the model: the training loop copies a variant's prepr
 metadata into `Preprocess.from_metadata`.
 """
 
-from effnetv2_jax.data.config import DataConfig, Preprocess
-from effnetv2_jax.data.pipeline import (Batches, DatasetInfo, dataset_info, make_eval_iterator,
-                                        make_train_iterator)
-from effnetv2_jax.data.sources import clear_caches
+from effnetv2_jax._extras import lazy_exports
 
-__all__ = ["Batches", "DataConfig", "DatasetInfo", "Preprocess", "clear_caches", "dataset_info",
-           "make_eval_iterator", "make_train_iterator"]
+# Imported on first use (PEP 562): `config` needs no TensorFlow, the pipeline does
+# (`pip install 'effnetv2_jax[data]'`).
+_EXPORTS = {
+    "DataConfig": "config", "Preprocess": "config",
+    "Batches": "pipeline", "DatasetInfo": "pipeline", "dataset_info": "pipeline",
+    "make_eval_iterator": "pipeline", "make_train_iterator": "pipeline",
+    "clear_caches": "sources",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

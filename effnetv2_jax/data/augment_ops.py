@@ -36,7 +36,9 @@ from __future__ import annotations
 
 import math
 
-import tensorflow as tf
+from effnetv2_jax._extras import require
+
+tf = require("tensorflow", "data")
 
 REPLACE = 128  # grey fill of pixels uncovered by geometric ops and RandAugment's cutout
 

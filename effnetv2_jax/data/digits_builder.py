@@ -18,7 +18,10 @@ afterwards; nothing touches the network.
 from __future__ import annotations
 
 import numpy as np
-import tensorflow_datasets as tfds
+
+from effnetv2_jax._extras import require
+
+tfds = require("tensorflow_datasets", "data")
 
 NUM_TRAIN, NUM_TEST = 1437, 360
 TEST_EVERY = 5
@@ -26,7 +29,8 @@ TEST_EVERY = 5
 
 def digit_images() -> tuple[np.ndarray, np.ndarray]:
     """All 1,797 images as uint8 `[n, 8, 8, 1]` (0..255) and their int labels `[n]`."""
-    from sklearn.datasets import load_digits  # heavy import, only when building
+    # A heavy import, only when building; the quickstart extra installs scikit-learn.
+    load_digits = require("sklearn.datasets", "quickstart", "the digits dataset").load_digits
 
     digits = load_digits()
     images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]

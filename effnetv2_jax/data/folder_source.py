@@ -20,11 +20,13 @@ import dataclasses
 import os
 
 import numpy as np
-import tensorflow as tf
 from absl import logging
 
+from effnetv2_jax._extras import require
 from effnetv2_jax.data.preprocess import decode as decode_image
 from effnetv2_jax.data.shard import Shard, hold
+
+tf = require("tensorflow", "data")
 
 _SCANS: dict[tuple, np.ndarray] = {}
 _MAX_NAMED_WARNINGS = 20

@@ -10,8 +10,11 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
+
+from effnetv2_jax._extras import require
+
+tf = require("tensorflow", "data")
+tfds = require("tensorflow_datasets", "data")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import dataclasses
 
-import tensorflow as tf
+from effnetv2_jax._extras import require
+
+tf = require("tensorflow", "data")
 
 
 def sample_beta(shape, alpha: float, seed: tf.Tensor) -> tf.Tensor:

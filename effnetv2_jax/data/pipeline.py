@@ -35,12 +35,14 @@ eval step line up.
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 
+from effnetv2_jax._extras import require
 from effnetv2_jax.data import labels, mixing, preprocess as prep, seeds
 from effnetv2_jax.data.config import DataConfig, Preprocess
 from effnetv2_jax.data.shard import Shard
 from effnetv2_jax.data.sources import DatasetInfo, dataset_info, open_shard
+
+tf = require("tensorflow", "data")
 
 __all__ = ["Batches", "DatasetInfo", "dataset_info", "make_eval_iterator", "make_train_iterator"]
 

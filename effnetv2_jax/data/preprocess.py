@@ -26,10 +26,11 @@ All randomness comes from a stateless `[2]` int64 seed per example (see `seeds.p
 
 from __future__ import annotations
 
-import tensorflow as tf
-
+from effnetv2_jax._extras import require
 from effnetv2_jax.data import augment_ops, randaugment
 from effnetv2_jax.data.config import Preprocess
+
+tf = require("tensorflow", "data")
 
 
 def decode(encoded: tf.Tensor) -> tf.Tensor:

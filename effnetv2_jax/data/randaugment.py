@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import functools
 
-import tensorflow as tf
-
+from effnetv2_jax._extras import require
 from effnetv2_jax.data import augment_ops as ops
+
+tf = require("tensorflow", "data")
 
 MAX_LEVEL = 10.0
 RANDAUGMENT_TRANSLATE_CONST = 100

@@ -19,7 +19,9 @@ upgrade may change the stream.
 
 from __future__ import annotations
 
-import tensorflow as tf
+from effnetv2_jax._extras import require
+
+tf = require("tensorflow", "data")
 
 ORDER, EXAMPLE, MIX, FILES, WINDOW = 1, 2, 3, 4, 5
 

@@ -23,10 +23,12 @@ from __future__ import annotations
 import abc
 
 import numpy as np
-import tensorflow as tf
 
+from effnetv2_jax._extras import require
 from effnetv2_jax.data.labels import RaggedLabels
 from effnetv2_jax.data.preprocess import decode as decode_image
+
+tf = require("tensorflow", "data")
 
 
 def hold(array: np.ndarray) -> tf.Variable:

@@ -8,9 +8,10 @@ examples use indices after the training ones, so the two sets differ.
 
 from __future__ import annotations
 
-import tensorflow as tf
-
+from effnetv2_jax._extras import require
 from effnetv2_jax.data.shard import Shard, contiguous_bounds
+
+tf = require("tensorflow", "data")
 
 _COLOUR, _NOISE = 11, 12  # seed tags
 NOISE_AMPLITUDE = 48.0  # pixels

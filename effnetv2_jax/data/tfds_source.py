@@ -27,15 +27,17 @@ import os
 import time
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
 from absl import logging
 
+from effnetv2_jax._extras import require
 from effnetv2_jax.data import seeds
 from effnetv2_jax.data.config import DataConfig
 from effnetv2_jax.data.labels import LabelFeature, RaggedLabels, describe_feature, multi_hot
 from effnetv2_jax.data.preprocess import decode as decode_image
 from effnetv2_jax.data.shard import MemoryShard, Shard
+
+tf = require("tensorflow", "data")
+tfds = require("tensorflow_datasets", "data")
 
 _MEMORY_CACHE: dict[tuple, MemoryShard] = {}
 _MEMORY_CACHE_SIZE = 4  # train + eval of this stage and the previous one

@@ -25,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 
+from effnetv2_jax._extras import require
 from effnetv2_jax.inference import LoadedModel, find_checkpoint, load_checkpoint
 
 FORMATS = ("savedmodel", "jax_export", "tflite")
@@ -165,7 +166,7 @@ def _versions(fmt: str) -> dict[str, str]:
 
     versions = {"effnetv2_jax": effnetv2_jax.__version__, "jax": jax.__version__}
     if fmt != "jax_export":  # the other formats went through TensorFlow
-        import tensorflow as tf
+        tf = require("tensorflow", "data")
 
         versions["tensorflow"] = tf.__version__
     return versions

@@ -26,12 +26,13 @@ import os
 import tempfile
 from collections.abc import Sequence
 
-import tensorflow as tf
-from jax.experimental import jax2tf
-
+from effnetv2_jax._extras import require
 from effnetv2_jax.data.config import Preprocess
 from effnetv2_jax.export.inference_fn import InferenceFunction
 from effnetv2_jax.export.tf_preprocess import eval_batch
+
+tf = require("tensorflow", "data")
+jax2tf = require("jax.experimental.jax2tf", "data")
 
 SIGNATURE = "serving_default"
 INPUT_NAME = "images"

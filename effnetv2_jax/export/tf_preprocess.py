@@ -18,10 +18,11 @@ Two changes, both so that the TFLite converter maps every op to a builtin kernel
 
 from __future__ import annotations
 
-import tensorflow as tf
-
+from effnetv2_jax._extras import require
 from effnetv2_jax.data.config import Preprocess
 from effnetv2_jax.data.preprocess import center_crop_window, normalize, squashes
+
+tf = require("tensorflow", "data")
 
 # TF's bicubic kernel (resize_bicubic_op.cc) tabulates the cubic at 1024 offsets per pixel, and
 # uses a = -0.75 without half-pixel centres (-0.5, Keys' value, with them).

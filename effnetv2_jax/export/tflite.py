@@ -25,9 +25,11 @@ import warnings
 from collections.abc import Callable
 
 import numpy as np
-import tensorflow as tf
 
+from effnetv2_jax._extras import require
 from effnetv2_jax.export.savedmodel import SIGNATURE
+
+tf = require("tensorflow", "data")
 
 
 class TFLiteConversionError(RuntimeError):

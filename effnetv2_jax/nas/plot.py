@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from etils import epath
 
+from effnetv2_jax._extras import require
 from effnetv2_jax.nas.log import Record
 
 PARETO_NAME = "pareto.png"
@@ -27,9 +28,9 @@ def pareto_front(records: Sequence[Record]) -> list[Record]:
 def plot_pareto(records: Sequence[Record], path: str, best_index: int | None = None) -> None:
     """Scatter of every successful candidate (step time in ms, top-1), the front as a line,
     the best reward as a star; each point labelled with its candidate index."""
-    import matplotlib  # noqa: PLC0415 - only the search's writer needs it
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    # Only the search's writer needs matplotlib.
+    require("matplotlib", "plots", "the search's Pareto plot").use("Agg")
+    plt = require("matplotlib.pyplot", "plots", "the search's Pareto plot")
 
     points = [r for r in records if r.ok and r.reused is None]
     front = pareto_front(records)

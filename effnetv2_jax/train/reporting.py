@@ -7,9 +7,14 @@ import time
 import jax
 import numpy as np
 from absl import logging
-from clu import metric_writers, parameter_overview, periodic_actions
+from clu import parameter_overview
 
+from effnetv2_jax._extras import require
 from effnetv2_jax.train.progressive import Stage
+
+# CLU's summary writers (which periodic_actions imports) are TensorFlow's.
+metric_writers = require("clu.metric_writers", "data")
+periodic_actions = require("clu.periodic_actions", "data")
 
 
 class Reporter:

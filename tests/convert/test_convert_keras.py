@@ -24,9 +24,11 @@ from effnetv2_jax.convert import ConversionError, convert  # noqa: E402
 from effnetv2_jax.convert.pipeline import flatten  # noqa: E402
 from effnetv2_jax.inference import load_checkpoint  # noqa: E402
 
-KERAS_CASES = [("EfficientNetV2S", "efficientnetv2-s"), ("EfficientNetV2B0", "efficientnetv2-b0"),
-               ("EfficientNetB0", "efficientnet-b0"),
-               ("EfficientNetB3", "efficientnet-b3")]  # the V1 filter-rounding trap
+# The full-size V2-S and B3 parity runs are slow (Keras builds and runs the reference model).
+KERAS_CASES = [pytest.param("EfficientNetV2S", "efficientnetv2-s", marks=pytest.mark.slow),
+               ("EfficientNetV2B0", "efficientnetv2-b0"), ("EfficientNetB0", "efficientnet-b0"),
+               pytest.param("EfficientNetB3", "efficientnet-b3",    # the V1 filter-rounding trap
+                            marks=pytest.mark.slow)]
 
 
 def _is_v1(app: str) -> bool:

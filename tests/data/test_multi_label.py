@@ -130,6 +130,7 @@ def test_losses_match_their_definitions():
         validate(config)
 
 
+@pytest.mark.slow  # a training run, end to end
 def test_training_on_multi_label_data_reports_label_hits(prepared, tmp_path):
     """End to end on 4 devices; eval top-1 / top-5 count a prediction among the image's labels,
     recomputed here from the saved EMA weights. (The sigmoid loss differs only in

@@ -154,7 +154,8 @@ def test_setup_copies_the_checkout_to_every_worker(fake_gcloud):
     assert scp[5:] == ["effnetv2:effnetv2_jax.tar.gz", *GCLOUD_WHERE, "--worker=all"]
     assert ssh[-2] == "--worker=all"
     assert 'tar -xzf "$HOME/effnetv2_jax.tar.gz"' in command_of(ssh)
-    assert 'pip" install --quiet -e "$HOME/effnetv2_jax[tpu]"' in command_of(ssh)
+    assert '-e "$HOME/effnetv2_jax[tpu,data]"' in command_of(ssh)
+    assert '-c "$HOME/effnetv2_jax/requirements/lock.txt"' in command_of(ssh)
 
 
 def test_setup_can_clone_instead(fake_gcloud):

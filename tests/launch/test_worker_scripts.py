@@ -3,6 +3,7 @@ place of Python, a fake `sudo`. Checks the run's life cycle as `watch` sees it: 
 SIGTERM (the run saves and exits 0), restart with the old log kept, failure, finish."""
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -135,3 +136,91 @@ def test_parse_state():
     output = "Warning: x\neffnetv2-run: failed:2 on h: boom\n"
     assert worker_scripts.parse_state(output) == "failed:2"
     assert worker_scripts.parse_state("ssh: connect refused") == ""
+
+
+# Stands in for a system Python: reports itself new enough (>= 3.11) or not by $FAKE_VERSION_OK
+# for the name it is called by, and makes a venv whose pip and python only log their arguments.
+FAKE_SYSTEM_PYTHON = """#!/bin/bash
+name=$(basename "$0")
+echo "$name $*" >> "$HOME/python.log"
+if [ "$1" = -c ] && [[ "$2" == *version_info* ]]; then
+  [[ " $FAKE_NEW_ENOUGH " == *" $name "* ]]; exit $?
+fi
+if [ "$1" = -m ] && [ "$2" = venv ]; then
+  mkdir -p "$3/bin"
+  printf '#!/bin/bash\\necho "pip $*" >> "$HOME/pip.log"\\n' > "$3/bin/pip"
+  printf '#!/bin/bash\\necho "venv-python $*" >> "$HOME/python.log"\\n' > "$3/bin/python"
+  chmod +x "$3/bin/pip" "$3/bin/python"
+fi
+"""
+# Tools the setup script calls; PATH holds only these and the fakes, so that the machine's own
+# python3.11 cannot stand in for a missing one.
+SETUP_TOOLS = ("bash", "mkdir", "rm", "tar", "gzip", "hostname", "ps", "cat", "chmod", "printf",
+               "basename", "cp")
+
+
+@pytest.fixture
+def tpu_vm(tmp_path):
+    """Runs `worker_scripts.setup()` in a sandbox $HOME holding a copied checkout, with fake
+    system Pythons (`pythons`: name -> new enough?) and a `sudo` whose apt-get installs a fake
+    python3.11. Returns the logs of python, pip and sudo calls."""
+    home, bin_dir, tools = tmp_path / "home", tmp_path / "bin", tmp_path / "tools"
+    for directory in (home, bin_dir, tools):
+        directory.mkdir()
+    for tool in SETUP_TOOLS:
+        (tools / tool).symlink_to(shutil.which(tool))
+    (tools / "fake_python").write_text(FAKE_SYSTEM_PYTHON)
+    (tools / "fake_python").chmod(0o755)
+    sudo = bin_dir / "sudo"
+    sudo.write_text(f'#!/bin/bash\necho "$*" >> "$HOME/sudo.log"\n'
+                    f'if [[ "$*" == *"apt-get install"* ]]; then\n'
+                    f'  cp {tools}/fake_python {bin_dir}/python3.11\nfi\n')
+    sudo.chmod(0o755)
+    checkout = tmp_path / "checkout"
+    (checkout / "requirements").mkdir(parents=True)
+    (checkout / "requirements/lock.txt").write_text("jax==0.10.2\n")
+
+    def run(pythons: dict[str, bool], with_lock: bool = True) -> dict[str, str]:
+        for name in pythons:
+            (bin_dir / name).symlink_to(tools / "fake_python")
+        if not with_lock:
+            (checkout / "requirements/lock.txt").unlink()
+        subprocess.run(["tar", "-czf", str(home / worker_scripts.ARCHIVE), "-C", str(checkout),
+                        "."], check=True)
+        env = {"HOME": str(home), "PATH": f"{bin_dir}{os.pathsep}{tools}",
+               "FAKE_NEW_ENOUGH": " ".join(n for n, ok in pythons.items() if ok) or "-"}
+        result = subprocess.run([shutil.which("bash"), "-c", worker_scripts.setup()], env=env,
+                                text=True, capture_output=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        return {log: (home / f"{log}.log").read_text() if (home / f"{log}.log").exists() else ""
+                for log in ("python", "pip", "sudo")}
+
+    return run
+
+
+def test_setup_uses_the_vms_python3_when_it_is_new_enough(tpu_vm):
+    logs = tpu_vm({"python3": True})
+    assert logs["sudo"] == ""                       # nothing apt-installed
+    assert "python3 -m venv" in logs["python"]
+    pip = logs["pip"].splitlines()[-1].split()
+    assert pip[pip.index("-c") + 1].endswith("/effnetv2_jax/requirements/lock.txt")
+    assert pip[-2:] == ["-e", pip[-1]] and pip[-1].endswith("/effnetv2_jax[tpu,data]")
+
+
+def test_setup_falls_back_to_python311_and_installs_it_with_apt(tpu_vm):
+    logs = tpu_vm({"python3": False})               # Ubuntu 22.04: python3 is 3.10
+    assert "apt-get install -y -qq python3.11 python3.11-venv" in logs["sudo"]
+    assert "python3.11 -m venv" in logs["python"]
+    assert "python3 -m venv" not in logs["python"]
+
+
+def test_setup_uses_an_installed_python311_without_apt(tpu_vm):
+    logs = tpu_vm({"python3": False, "python3.11": True})
+    assert logs["sudo"] == ""
+    assert "python3.11 -m venv" in logs["python"]
+
+
+def test_setup_without_the_lock_installs_from_the_ranges(tpu_vm):
+    logs = tpu_vm({"python3": True}, with_lock=False)
+    pip = logs["pip"].splitlines()[-1]
+    assert "-c" not in pip.split() and pip.endswith("effnetv2_jax[tpu,data]")

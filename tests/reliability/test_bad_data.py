@@ -65,6 +65,7 @@ def test_every_kept_image_goes_through_train_and_eval_preprocessing(bad_folder, 
     preprocess_all(*bad_folder, augment)
 
 
+@pytest.mark.slow  # a training run, end to end
 def test_training_on_the_bad_folder_finishes(bad_folder, tmp_path, compile_cache):
     root, cases = bad_folder
     config = tiny_config(compile_cache)

@@ -14,6 +14,8 @@ from conftest import tiny_config
 from effnetv2_jax.train import loop, sharding
 from effnetv2_jax.train.checkpoint import Checkpointer, CheckpointError, abstract_like
 
+pytestmark = pytest.mark.slow  # trains, then damages and restores each checkpoint part
+
 
 @pytest.fixture(scope="module")
 def target(reference, tmp_path_factory, compile_cache):

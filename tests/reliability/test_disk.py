@@ -6,9 +6,12 @@ step looks valid."""
 import re
 import signal
 
+import pytest
 
 import harness
 from effnetv2_jax.train.checkpoint import Checkpointer
+
+pytestmark = pytest.mark.slow  # real training runs whose disk fails mid-save
 
 
 def check_aftermath(run, tmp_path, cause):

@@ -5,6 +5,8 @@ import pytest
 
 import harness
 
+pytestmark = pytest.mark.slow  # SIGKILL at kill points of real training runs: minutes
+
 
 @pytest.mark.parametrize("killpoint, resumes_from", [
     ("compile:2", {None}),      # before any checkpoint: the restart starts afresh, correctly

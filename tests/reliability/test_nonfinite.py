@@ -12,6 +12,8 @@ from conftest import tiny_config
 from effnetv2_jax import data
 from effnetv2_jax.train import loop
 
+pytestmark = pytest.mark.slow  # real training runs fed a NaN: minutes
+
 NAN_STEP = 4  # the update from step 4 to 5, in stage 1; checkpoints 2, 3, 4 come before it
 
 

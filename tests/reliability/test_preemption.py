@@ -6,12 +6,15 @@ import os
 import re
 import signal
 
+import pytest
 
 import harness
 from conftest import tiny_config
 from effnetv2_jax import data
 from effnetv2_jax.train import loop
 from effnetv2_jax.train.reporting import Reporter
+
+pytestmark = pytest.mark.slow  # SIGTERM to real runs, one of two processes
 
 
 def sigterm_self():
