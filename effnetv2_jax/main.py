@@ -23,7 +23,9 @@ from effnetv2_jax import allocator
 
 _MODES = ("train", "eval", "train_and_eval", "compile")
 
-if __name__ == "__main__" and "--mode=compile" not in sys.argv:
+_COMPILING = "--mode=compile" in sys.argv or any(
+    a == "--mode" and b == "compile" for a, b in zip(sys.argv, sys.argv[1:]))
+if __name__ == "__main__" and not _COMPILING:  # compiling runs no XLA:CPU step
     allocator.restart()  # before the imports below take seconds and start threads
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",

@@ -41,12 +41,11 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 0
 
 
 def _on_cloud_tpu() -> bool:
-    """GKE and our launcher set the TPU_* variables; a plain TPU VM shell may not, but its
-    TPU devices (/dev/accel* on v2-v4, /dev/vfio on v5+) are there."""
+    """Whether this host drives TPU chips: their device files (/dev/accel* on v2-v4, /dev/vfio
+    on v5+) exist on TPU VMs and in GKE TPU pods. The TPU_* variables alone do not count: the
+    compile mode sets them on machines without a TPU (`topology.quiet_libtpu`)."""
     import glob
-    import os
-    return bool(os.environ.get("TPU_WORKER_HOSTNAMES") or os.environ.get("TPU_ACCELERATOR_TYPE")
-                or glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
+    return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
 
 
 def make_mesh(devices=None) -> Mesh:
