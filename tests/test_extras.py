@@ -89,7 +89,9 @@ def test_require_returns_the_module():
 
 
 def test_require_names_the_extra_of_a_missing_module(monkeypatch):
+    # Both names: another test in this process may have imported the real sklearn.datasets.
     monkeypatch.setitem(sys.modules, "sklearn", None)
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
     with pytest.raises(ImportError, match=r"pip install 'effnetv2_jax\[quickstart\]'") as info:
         _extras.require("sklearn.datasets", "quickstart", "the digits dataset")
     assert isinstance(info.value, ModuleNotFoundError) and info.value.name == "sklearn"
