@@ -19,7 +19,7 @@ it. Each timed run follows an untimed one of the same library
 
 timm runs channels_last (faster for its depthwise and 1x1 convs on CPU; `--no-channels-last`
 to compare) with all cores (`torch.set_num_threads(os.cpu_count())`). torch and timm are the
-project's `convert` extra (`pip install -e .[convert]`, the pins in setup.py), so they share
+project's `convert` extra (`pip install -c requirements/lock.txt -e .[convert]`), so they share
 our environment; where they cannot (another torch, a machine without the wheel), make a
 separate one: `python -m venv /tmp/timm-env && /tmp/timm-env/bin/pip install -e .[convert]`
 and run this script with that interpreter. Neither is a CI dependency of the benchmarks.
