@@ -138,6 +138,7 @@ def _run_script(**env):
     return starts, running, int(lines[-1].split()[1]), done.stderr
 
 
+@pytest.mark.slow  # two fresh processes that run XLA steps
 @needs_mimalloc
 def test_restart_with_mimalloc_keeps_the_command_and_stops_page_faults():
     starts, running, faults, stderr = _run_script(GLIBC_TUNABLES="glibc.malloc.arena_max=4")
@@ -153,6 +154,7 @@ def test_restart_with_mimalloc_keeps_the_command_and_stops_page_faults():
     assert without > 10000 and faults < 100, (without, faults)
 
 
+@pytest.mark.slow  # a fresh process that runs XLA steps
 @needs_huge_pages
 def test_restart_with_huge_pages_cuts_page_faults():
     starts, running, faults, stderr = _run_script(**{allocator.ENV: "huge-pages"})

@@ -98,7 +98,8 @@ def test_every_recipe_documents_its_command_and_expected_result():
 
 @pytest.mark.parametrize("name,arg", [pytest.param("s_imagenet", "paper", marks=pytest.mark.slow),
                                       ("efficientnet_b0", ""),
-                                      ("s_21k", ""), ("cifar10_ft", "code")])
+                                      pytest.param("s_21k", "", marks=pytest.mark.slow),
+                                      pytest.param("cifar10_ft", "code", marks=pytest.mark.slow)])
 def test_two_training_steps(name, arg, cache_dir, tmp_path):
     config = tiny(load(name, arg), cache_dir, num_stages=2)
     config.train.num_steps = 2

@@ -115,7 +115,10 @@ def _model(activation):
     return graph, state
 
 
-@pytest.mark.parametrize("activation, fused", [("silu", True), ("relu6", True), ("gelu", False)])
+@pytest.mark.parametrize("activation, fused", [
+    ("silu", True),
+    pytest.param("relu6", True, marks=pytest.mark.slow),    # each compiles a model: one is fast
+    pytest.param("gelu", False, marks=pytest.mark.slow)])
 def test_the_model_uses_it_at_inference_with_the_same_logits(monkeypatch, activation, fused):
     # conftest's 4 devices switch the kernels off; one unsharded array is safe to run them on.
     graph, state = _model(activation)

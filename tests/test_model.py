@@ -158,6 +158,7 @@ def test_stochastic_depth_acts_only_in_training():
     assert len(outputs) > 1  # different keys drop different residual branches
 
 
+@pytest.mark.slow  # initialises a full-size B0
 def test_initialisers_follow_the_official_code():
     model = effnetv2_jax.create_model("efficientnetv2-b0", num_classes=1000)
     dw = np.asarray(model.blocks[20].depthwise_conv.kernel[...])  # [3, 3, 1, 1152]

@@ -21,6 +21,9 @@ from effnetv2_jax.train.checkpoint import CheckpointError, read_state
 sys.path.insert(0, str(Path(__file__).parent / "configs"))
 import tiny  # noqa: E402
 
+# Whole training runs on a 4-device mesh, one of them as two processes: minutes.
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -100,7 +103,6 @@ def _as_two_processes(make_iterator):
     return make
 
 
-@pytest.mark.slow  # multi-process: two training processes
 def test_two_processes_match_one_process_on_four_devices(tmp_path, monkeypatch, compile_cache):
     """2 processes x 2 CPU devices (jax.distributed on localhost) against 1 process x 4 devices
     fed the same global batches (each process reads its own part of the data, so the

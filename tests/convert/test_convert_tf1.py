@@ -76,7 +76,9 @@ def tf1_checkpoint(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("timm_name,model_name", TF1_CASES)
+@pytest.mark.parametrize("timm_name,model_name", [  # B0 in the slow set: its parts are in the others
+    pytest.param(*case, marks=pytest.mark.slow) if case[1] == "efficientnet-b0" else case
+    for case in TF1_CASES])
 def test_tf1_checkpoint_parity(tmp_path, tf1_checkpoint, timm_name, model_name):
     from effnetv2_jax.inference import load_checkpoint
 

@@ -11,9 +11,10 @@ from effnetv2_jax.convert import convert
 from effnetv2_jax.inference import load_checkpoint
 
 
-# Full-size V2-S, on the CPU convolutions, is the slow case.
+# Full-size V2-S (on the CPU convolutions) and B3 are the slow cases.
 @pytest.mark.parametrize("timm_name,model_name", [
-    pytest.param(*case, marks=pytest.mark.slow) if case[1] == "efficientnetv2-s" else case
+    pytest.param(*case, marks=pytest.mark.slow)
+    if case[1] in ("efficientnetv2-s", "efficientnet-b3") else case
     for case in TIMM_CASES])
 def test_timm_safetensors_parity(tmp_path, timm_name, model_name):
     reference = timm_reference(timm_name, model_name)
