@@ -192,8 +192,9 @@ def _validate_train(args: argparse.Namespace, slice_: accelerators.Slice) -> Non
 
 
 def _validate_config(args: argparse.Namespace) -> None:
-    if not (REPO_ROOT / args.config).is_file():
-        raise UsageError(f"--config={args.config!r} is not a file under {REPO_ROOT}")
+    path = args.config.split(":", 1)[0]  # configs/s_imagenet.py:code,hw=tpu_v4_32
+    if not (REPO_ROOT / path).is_file():
+        raise UsageError(f"--config={args.config!r}: {path} is not a file under {REPO_ROOT}")
     for override in args.overrides:
         if not override.startswith("--config.") or "=" not in override:
             raise UsageError(f"override {override!r} is not of the form --config.KEY=VALUE")

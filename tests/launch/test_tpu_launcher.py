@@ -228,7 +228,9 @@ def test_dry_run_of_setup_and_watch_calls_nothing(fake_gcloud, capsys, argv):
      "v5litepod-16 has 4 hosts"),
     (["train", *WHERE, "--accelerator-type=v4-32"], "no workdir"),
     (["train", *WHERE, "--accelerator-type=v4-32", "--workdir=gs://b/r", "--config=nope.py"],
-     "'nope.py' is not a file"),
+     "nope.py is not a file"),
+    (["create", *WHERE, "--accelerator-type=v4-32", "--config=nope.py:code,hw=tpu_v4_32"],
+     "'nope.py:code,hw=tpu_v4_32': nope.py is not a file"),
     (["train", *WHERE, "--accelerator-type=v4-32", "--workdir=gs://b/r", "--", "seed=1"],
      "not of the form --config.KEY=VALUE"),
     (["train", *WHERE, "--accelerator-type=v4-32", "--workdir=gs://b/r", "--",
@@ -324,6 +326,13 @@ def test_watch_survives_a_failing_ssh(fake_gcloud, capsys):
 
 TINY = ["--config=tests/configs/tiny.py"]
 TOO_BIG = ["--", "--config.model.feature_size=1024", "--config.data.synthetic_num_classes=1000000"]
+
+
+def test_config_arguments_reach_the_workers(fake_gcloud):
+    assert run("train", *WHERE, "--accelerator-type=v4-32", "--workdir=gs://b/r",
+               "--config=configs/s_imagenet.py:code,hw=tpu_v4_32") == 0
+    assert "--config=configs/s_imagenet.py:code,hw=tpu_v4_32" in command_of(
+        fake_gcloud.calls()[0])
 
 
 def test_dry_run_shows_the_compile_check_first(fake_gcloud, capsys):
