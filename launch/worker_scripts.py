@@ -124,8 +124,9 @@ def train(config: str, workdir: str, overrides: list[str], accelerator_type: str
     """Stops a stale run, then starts training in the background, logging to RUN_DIR/train.log.
 
     Idempotent: the training code resumes from the workdir's latest checkpoint. The previous
-    log is kept as train-<time>.log. TPU_ACCELERATOR_TYPE tells effnetv2_jax it is on Cloud TPU
-    (train/sharding.py), so it calls the argument-free `jax.distributed.initialize()`.
+    log is kept as train-<time>.log. TPU_ACCELERATOR_TYPE names the slice for libtpu; the TPU
+    device files tell effnetv2_jax it is on Cloud TPU (train/sharding.py), so it calls the
+    argument-free `jax.distributed.initialize()`.
     """
     wrapped = f'{train_command(config, workdir, overrides)}; echo $? > "{RUN_DIR}/exit_code"'
     return f"""set -u
