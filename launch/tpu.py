@@ -3,7 +3,7 @@
 
     T="--project=P --zone=us-central2-b --name=v2s --accelerator-type=v4-32 --queued --spot"
     python launch/tpu.py create $T        # a TPU VM (with --queued: a queued resource)
-    python launch/tpu.py setup $T         # copy this checkout to each worker, pip install .[tpu]
+    python launch/tpu.py setup $T         # copy this checkout to each worker, pip install .[tpu,data] at the lock's versions
     python launch/tpu.py train $T --workdir=gs://BUCKET/v2s -- --config.KEY=VALUE ...
     python launch/tpu.py logs $T [--all] [--follow]
     python launch/tpu.py status $T
@@ -41,7 +41,7 @@ import worker_scripts  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # What a worker needs to `pip install -e .` and train (setup.py reads README.md).
-SOURCE_PATHS = ("setup.py", "README.md", "LICENSE", "effnetv2_jax", "configs", "launch")
+SOURCE_PATHS = ("setup.py", "README.md", "LICENSE", "requirements", "effnetv2_jax", "configs", "launch")
 ZONE_PATTERN = re.compile(r"^[a-z]+-[a-z]+[0-9]+-[a-z]$")     # e.g. us-central2-b
 PROJECT_ENV = "CLOUDSDK_CORE_PROJECT"                          # gcloud's own default project
 # Queued-resource states (`state.state`): a preempted spot slice is SUSPENDED.
@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_create_args(create)
     _add_config_args(create)
     setup = sub.add_parser("setup", parents=[common],
-                           help="copy (or clone) the code and pip install .[tpu] on every worker")
+                           help="copy (or clone) the code and pip install .[tpu,data] on every worker, "
+                                "at requirements/lock.txt's versions")
     _add_setup_args(setup)
     train = sub.add_parser("train", parents=[common],
                            help="(re)start training on every worker, in the background")

@@ -167,7 +167,8 @@ def test_setup_can_clone_instead(fake_gcloud):
 
 
 def test_pack_source_keeps_what_pip_install_needs(tmp_path):
-    for name in ("setup.py", "README.md", "effnetv2_jax/a.py", "effnetv2_jax/__pycache__/a.pyc",
+    for name in ("setup.py", "README.md", "requirements/lock.txt", "effnetv2_jax/a.py",
+                 "effnetv2_jax/__pycache__/a.pyc",
                  "configs/c.py", "launch/tpu.py", ".venv/bin/python", "tests/test_a.py",
                  "effnetv2_jax.egg-info/PKG-INFO"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
@@ -175,8 +176,9 @@ def test_pack_source_keeps_what_pip_install_needs(tmp_path):
     archive = tpu.pack_source(tmp_path, tmp_path / "out.tar.gz")
     with tarfile.open(archive) as tar:
         files = sorted(m.name for m in tar.getmembers() if m.isfile())
+    # The lock travels too: worker_scripts installs at its versions where the checkout holds it.
     assert files == ["README.md", "configs/c.py", "effnetv2_jax/a.py", "launch/tpu.py",
-                     "setup.py"]
+                     "requirements/lock.txt", "setup.py"]
 
 
 # --- dry runs --------------------------------------------------------------------------------
