@@ -115,7 +115,7 @@ def dataset_info(config: ml_collections.ConfigDict) -> data.DatasetInfo:
     try:
         return data.dataset_info(inputs.data_config(config))
     except Exception as error:  # noqa: BLE001 - not prepared here: fall back, below
-        reason = f"{type(error).__name__}: {str(error)[:160]}"
+        reason = f"{type(error).__name__}: {str(error).split('. ')[0]}"  # its first sentence
     name = config.data.name if config.data.source == "tfds" else ""
     if name in KNOWN_DATASETS:
         classes, train, evals, multi = KNOWN_DATASETS[name]
