@@ -4,7 +4,7 @@
 
 One column per quantity (image size, RandAugment magnitude, mixup alpha, dropout), one line per
 model and preset (solid: google/automl code, dashed: paper Table 6), over the 107,336 steps of
-the official 350-epoch run (reference 3.2-3.3; M and L share sizes, so L's line hides M's).
+the official 350-epoch run (official `main.py`, `hparams.py`; M and L share sizes, so L's line hides M's).
 The values come from `effnetv2_jax.train.progressive`, the same functions the training loop uses.
 """
 
@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 from effnetv2_jax.train import progressive  # noqa: E402
 
-TOTAL_STEPS = 107_336  # 350 * 1,256,144 // 4096 (reference 3.2)
+TOTAL_STEPS = 107_336  # 350 * 1,256,144 // 4096 (official `datasets.py`)
 QUANTITIES = (("image_size", "image size (px)"), ("randaug_magnitude", "RandAugment magnitude"),
               ("mixup_alpha", "mixup alpha"), ("dropout_rate", "dropout rate"))
 COLORS = {"s": "tab:blue", "m": "tab:orange", "l": "tab:green"}

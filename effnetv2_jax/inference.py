@@ -9,7 +9,8 @@
 written by a multi-device training run load on one CPU. The preprocessing comes from the
 checkpoint's metadata and is applied once, by `predict`, with the data pipeline's own eval
 function (`effnetv2_jax.data.preprocess.eval_image`): the same centre crop or squash, resize and
-normalisation as evaluation during training (reference section 4.2-4.3).
+normalisation as evaluation during training (official `preprocessing.py`
+`preprocess_for_eval`, `preprocess_legacy.py`).
 """
 
 from __future__ import annotations

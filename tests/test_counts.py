@@ -1,4 +1,4 @@
-"""Parameter and FLOP counts equal the official ones (reference section 1.5), for every variant."""
+"""Parameter and FLOP counts equal the official ones (official `effnetv2_model_test.py`), for every variant."""
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +35,7 @@ OFFICIAL = {
     "efficientnet-lite3": (8_273_768, 8_197_096, 1.383),
     "efficientnet-lite4": (13_118_936, 13_006_568, 2.553),
 }
-# Blocks after depth scaling (reference section 2, "Stochastic depth").
+# Blocks after depth scaling (official `effnetv2_model.py`, stochastic depth).
 NUM_BLOCKS = {"efficientnetv2-s": 40, "efficientnetv2-m": 57, "efficientnetv2-l": 79,
               "efficientnetv2-xl": 100, "efficientnetv2-b0": 21, "efficientnetv2-b1": 27,
               "efficientnetv2-b2": 28, "efficientnetv2-b3": 32, "efficientnet-b0": 16,

@@ -78,7 +78,7 @@ def test_flops_grow_about_two_to_the_phi():
 
 
 def test_published_coefficients_stay_in_the_registry_and_in_the_docs():
-    # Reference section 1.3 (hand-rounded; the formula's values differ, see the docs table).
+    # Official `efficientnet_builder.py` (hand-rounded; the formula's values differ, see the docs table).
     published = {0: (1.0, 1.0, 224), 1: (1.0, 1.1, 240), 2: (1.1, 1.2, 260), 3: (1.2, 1.4, 300),
                  4: (1.4, 1.8, 380), 5: (1.6, 2.2, 456), 6: (1.8, 2.6, 528),
                  7: (2.0, 3.1, 600), 8: (2.2, 3.6, 672)}

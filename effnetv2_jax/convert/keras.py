@@ -22,7 +22,7 @@ block (ours -> Keras):
 Preprocessing layers are not weights of our model and are ignored: EfficientNetB* always has
 `Rescaling(1/255)` + `Normalization` (its mean/variance are stored in the file), EfficientNetV2*
 has them only with `include_preprocessing=True`. Normalisation is the checkpoint metadata's job
-here (reference section 4), so build Keras models with `include_preprocessing=False` when you
+here (official `preprocessing.py`), so build Keras models with `include_preprocessing=False` when you
 compare (the V2 parity tests do; the V1 tests feed Keras `255 * x` and our model `x`, since
 `weights=None` leaves V1's Normalization at mean 0, variance 1).
 The depthwise kernel [k, k, C, 1] becomes [k, k, 1, C]; everything else keeps its layout.

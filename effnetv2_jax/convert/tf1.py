@@ -1,6 +1,6 @@
 """Official TF1 name-based checkpoints (V1, V2 and Lite), read with `tf.train.load_checkpoint`.
 
-Naming (reference section 5.3), with `<p>` the model name (`efficientnetv2-s`, `efficientnet-b0`,
+Naming (the official code's layer scopes, `effnetv2_model.py`), with `<p>` the model name (`efficientnetv2-s`, `efficientnet-b0`,
 `efficientnet-lite0`):
 
     <p>/stem/conv2d/kernel                       <p>/stem/tpu_batch_normalization/{gamma,beta,

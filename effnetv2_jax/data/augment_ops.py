@@ -25,7 +25,7 @@ Known differences from the official code, all deliberate:
   (`(19595 R + 38470 G + 7471 B + 2**15) >> 16`, as `Image.convert("L")`); the official code
   uses `tf.image.rgb_to_grayscale`, which can differ by one grey level.
 * `contrast` blends towards the image's mean grey, as PIL does. The official code blends towards
-  `min(num_pixels / 256, 255)` (a histogram-sum bug, reference section 4.5); pass
+  `min(num_pixels / 256, 255)` (a histogram-sum bug of official `autoaugment.py`); pass
   `official_bug=True` to reproduce it.
 * `posterize` with 0 bits gives black (PIL); the official code shifts a uint8 by 8 bits, which
   TF leaves undefined.

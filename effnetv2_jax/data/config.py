@@ -119,7 +119,7 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Preprocess:
-    """How a model's weights expect their images (reference section 4). Defaults: V2 S-XL.
+    """How a model's weights expect their images (official `preprocessing.py`, `preprocess_legacy.py`). Defaults: V2 S-XL.
 
     Attributes:
       mean, std: per channel, in pixel units (0-255): the model sees `(x - mean) / std`.

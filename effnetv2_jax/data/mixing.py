@@ -1,4 +1,4 @@
-"""Mixup and CutMix with the official semantics (google/automl `datasets.py`, reference 4.6).
+"""Mixup and CutMix with the official semantics (google/automl `efficientnetv2/datasets.py`).
 
 * Mixup: per example `lam ~ Beta(alpha, alpha)`, `lam = max(lam, 1 - lam)`; each example is
   mixed with the batch reversed: `x * lam + x[::-1] * (1 - lam)`, labels likewise.

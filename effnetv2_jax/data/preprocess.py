@@ -1,4 +1,5 @@
-"""Per-image preprocessing for training and evaluation, as the official code does it (reference 4).
+"""Per-image preprocessing for training and evaluation, as the official code does it (`preprocessing.py`,
+`preprocess_legacy.py`).
 
 Train (`train_image`), for a decoded uint8 image `[H, W, 3]` of any size:
 

@@ -1,4 +1,4 @@
-"""RandAugment and AutoAugment policy v0, with the official magnitude mapping (reference 4.5).
+"""RandAugment and AutoAugment policy v0, with the official magnitude mapping (official `autoaugment.py`).
 
 RandAugment (V2 S-XL): `num_layers` times, draw one of the 16 ops uniformly and always apply it
 at the one magnitude M (a float, fixed per progressive-learning stage; `_MAX_LEVEL` = 10):

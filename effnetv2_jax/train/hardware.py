@@ -26,7 +26,7 @@ PRESETS: dict[str, dict[str, object]] = {
     # 8 TensorCores x 16 GiB: one BN group over all 8 (the official TPU grouping is 8).
     "tpu_v3_8": {"max_global_batch_size": 1024, "model.dtype": "bfloat16",
                  "train.bn_mode": "global", "eval.global_batch_size": 1024},
-    # 32 TensorCores: the official ImageNet batch 4096 with BN groups of 8 (reference 3.2).
+    # 32 TensorCores: the official ImageNet batch 4096 with BN groups of 8 (official `hparams.py`).
     "tpu_v3_32": {"max_global_batch_size": 4096, "model.dtype": "bfloat16",
                   "train.bn_mode": "groups", "train.bn_group_size": 8,
                   "eval.global_batch_size": 1024},

@@ -1,6 +1,6 @@
 """Optimizer and learning-rate schedule with the official semantics, built from optax parts.
 
-RMSProp as TF1 had it (reference section 3.2): `ms <- 0.9 ms + 0.1 g^2` with `ms` starting at ONE,
+RMSProp as TF1 had it (official `utils.py`, `hparams.py`): `ms <- 0.9 ms + 0.1 g^2` with `ms` starting at ONE,
 `mom <- 0.9 mom + lr g / sqrt(ms + 1e-3)`, `w <- w - mom`. That is
 `optax.rmsprop(lr, decay=0.9, eps=1e-3, initial_scale=1.0, eps_in_sqrt=True, momentum=0.9)`.
 Weight decay is the coupled L2 of the official code (`loss += wd * sum(w^2) / 2` over kernels

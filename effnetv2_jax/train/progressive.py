@@ -4,7 +4,7 @@ Training is split into M stages of (about) N/M steps. In stage i every quantity 
 from its first-stage to its last-stage value: value_i = first + (last - first) * i / (M - 1).
 The stage is a pure function of the global step, so a resumed run lands in the right stage.
 
-Two presets per model (reference section 3.3):
+Two presets per model (paper Table 6 and official `main.py`):
   * "code"  - what google/automl `main.py` runs: first size 128 + (final - 128) / M, RandAugment
               5 -> ram, mixup = cutmix 0 -> alpha, constant dropout. S: 171, 214, 257, 300.
   * "paper" - Table 6 of the paper: size 128 -> final, RandAugment 5 -> 15/20/25, mixup only,

@@ -110,7 +110,7 @@ def test_tf1_archive_and_raw_weights_on_request(tmp_path, tf1_checkpoint):
 
 
 def test_variable_names_follow_the_official_scheme():
-    """Names from reference section 5.3 (and the automl#1012 error message), written out by
+    """Names from the official code's layer scopes (`effnetv2_model.py`; and the automl#1012 error message), written out by
     hand, not derived from the converter."""
     _, layers = _layers("efficientnet-b0")
     p = "efficientnet-b0"

@@ -31,7 +31,7 @@ def test_timm_safetensors_parity(tmp_path, timm_name, model_name):
 
 def test_v1_b3_keeps_the_ten_percent_rounding_rule():
     # V1-B3 stage 1 has 16 * 1.2 = 19.2 -> 16 channels without the V1 "never round down more
-    # than 10%" rule, 24 with it (reference 1.5); the official and timm weights have 24.
+    # than 10%" rule, 24 with it (official `effnetv2_model.py`); the official and timm weights have 24.
     state = timm_reference("tf_efficientnet_b3", "efficientnet-b3").state
     assert state["blocks.0.0.conv_pw.weight"].shape == (24, 40, 1, 1)
 

@@ -1,4 +1,4 @@
-"""Mixup and CutMix with the official semantics (reference section 4.6)."""
+"""Mixup and CutMix with the official semantics (official `datasets.py`)."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Per-image preprocessing against reference section 4 and independent implementations."""
+"""Per-image preprocessing against the official `preprocessing.py` and independent implementations."""
 
 import dataclasses
 

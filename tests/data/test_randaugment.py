@@ -30,7 +30,7 @@ def map_over_seeds(fn, n, salt=0):
 
 
 def test_official_magnitude_table():
-    """Reference section 4.5, RandAugment constants (translate 100 px, cutout 40)."""
+    """Official `autoaugment.py`'s RandAugment constants (translate 100 px, cutout 40)."""
     at = {m: {name: ra.level_to_arg(name, m) for name in ra.RANDAUGMENT_OPS} for m in (5, 10, 15)}
     assert [at[m]["Posterize"] for m in (5, 10, 15)] == [2, 4, 6]
     assert [at[m]["Solarize"] for m in (5, 10, 15)] == [128, 256, 384]
