@@ -20,6 +20,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from effnetv2_jax import allocator
+from effnetv2_jax.train import config_check
 
 _MODES = ("train", "eval", "train_and_eval", "compile")
 
@@ -73,4 +74,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    # An unknown --config.KEY or recipe key: one line naming it and the closest valid keys.
+    app.run(main, flags_parser=config_check.parse_flags)
