@@ -3,24 +3,18 @@
     python -m effnetv2_jax.main --config=configs/b2_imagenet.py --workdir=DIR \
         --config.data.data_dir=gs://BUCKET/tensorflow_datasets
 
-The official code's schedule (reference 1.3, 3.3; the paper's Table 6 has no B-series rows, so
-there is no `:paper`): 148, 168, 188, 208 px, V1 AutoAugment (policy v0) instead of RandAugment,
-no mixup, the variant's dropout; BN momentum 0.9; RMSProp 0.256, 5 warmup epochs, 0.97 every
-2.4 epochs, EMA 0.9999; eval at 260 px.
+The official code's schedule (`effnetv2_configs.py`, `main.py`; the paper's Table 6 has no B-series
+rows, so there is no `:paper`): 148, 168, 188, 208 px, V1 AutoAugment (policy v0) instead of
+RandAugment, no mixup, the variant's dropout; BN momentum 0.9; RMSProp 0.256, 5 warmup epochs, 0.97
+every 2.4 epochs, EMA 0.9999; eval at 260 px.
 Append `,hw=NAME` to the argument for a hardware preset (effnetv2_jax/train/hardware.py:
 tpu_v3_8, tpu_v4_32, gpu_8xa100, cpu_debug, ...); `--config.key=value` flags override both.
 
-Expected: 80.5% top-1 (official README checkpoint, reference 5.1).
+Expected: 80.5% top-1 (official README checkpoint).
 """
 
-import os
-import sys
-
-_HERE = os.path.dirname(os.path.abspath(__file__))  # so configs/common.py imports when
-if _HERE not in sys.path:                            # config_flags loads this file by path
-    sys.path.insert(0, _HERE)
-import common  # noqa: E402
+from effnetv2_jax import recipes
 
 
 def get_config(arg: str = ""):
-    return common.imagenet_v2("efficientnetv2-b2", arg)
+    return recipes.imagenet_v2("efficientnetv2-b2", arg)

@@ -3,27 +3,18 @@
     python -m effnetv2_jax.main --config=configs/cifar100_ft.py:paper,model=s --workdir=DIR \
         --config.train.init_checkpoint=IMAGENET_CHECKPOINT_DIR
 
-`:code` (default) is google/automl's fine-tune config (reference 3.5): batch 512, RMSProp with a
-constant 0.0005 per 256 (0.001), 1 warmup epoch, weight decay 1e-5; `:paper` is section 5.3:
-0.001 with cosine decay and no weight decay. Both: EMA 0.9996, label smoothing 0.1, dropout
-1e-6, survival 0.8, no mixup, "ft" augmentation, one stage at the eval size (S 384, M/L 480,
-XL 512 px). `model=s|m|l` picks the network (default s). The head is re-initialised for the new
-class count. Set `--config.train.init_checkpoint=DIR` to a trained or converted ImageNet
-checkpoint: left empty, the run trains from scratch (the loop does not refuse).
-Append `,hw=NAME` to the argument for a hardware preset (effnetv2_jax/train/hardware.py:
-tpu_v3_8, tpu_v4_32, gpu_8xa100, cpu_debug, ...); `--config.key=value` flags override both.
+This is configs/finetune.py with `dataset=cifar100`. `:code` (default) is google/automl's fine-tune
+config, `:paper` is paper 5.3; `model=s|m|l` picks the network (default s), `hw=NAME` a
+hardware preset (all described in finetune.py).
+10,000 steps at batch 512, one stage at the eval size (S 384, M/L 480 px), head re-initialised.
+`--config.train.init_checkpoint=DIR` (a trained or converted ImageNet checkpoint) is required:
+without it the run stops at start-up, before anything is built (`train/config.validate`).
 
-Expected (paper Table 8, ImageNet-pretrained, reference 3.5): S 91.5%, M 92.2%, L 92.3% top-1.
+Expected (paper Table 8, ImageNet-pretrained): S 91.5%, M 92.2%, L 92.3% top-1.
 """
 
-import os
-import sys
-
-_HERE = os.path.dirname(os.path.abspath(__file__))  # so configs/common.py imports when
-if _HERE not in sys.path:                            # config_flags loads this file by path
-    sys.path.insert(0, _HERE)
-import common  # noqa: E402
+from effnetv2_jax import recipes
 
 
 def get_config(arg: str = ""):
-    return common.finetune("cifar100", arg)
+    return recipes.finetune(arg, dataset="cifar100")

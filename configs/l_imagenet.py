@@ -3,7 +3,7 @@
     python -m effnetv2_jax.main --config=configs/l_imagenet.py:code --workdir=DIR \
         --config.data.data_dir=gs://BUCKET/tensorflow_datasets
 
-The argument picks the schedule (reference 3.3):
+The argument picks the schedule (official `main.py` or paper Table 6):
   `:code` (default), google/automl main.py: 192, 256, 320, 384 px; RandAugment 5 -> 20;
     mixup = cutmix 0 -> 0.5; dropout 0.4;
     BN momentum 0.9.
@@ -15,17 +15,11 @@ every 2.4 epochs, weight decay 1e-5, label smoothing 0.1, EMA 0.9999, survival 0
 Append `,hw=NAME` to the argument for a hardware preset (effnetv2_jax/train/hardware.py:
 tpu_v3_8, tpu_v4_32, gpu_8xa100, cpu_debug, ...); `--config.key=value` flags override both.
 
-Expected: 85.7% top-1 (official README checkpoint, reference 5.1).
+Expected: 85.7% top-1 (official README checkpoint).
 """
 
-import os
-import sys
-
-_HERE = os.path.dirname(os.path.abspath(__file__))  # so configs/common.py imports when
-if _HERE not in sys.path:                            # config_flags loads this file by path
-    sys.path.insert(0, _HERE)
-import common  # noqa: E402
+from effnetv2_jax import recipes
 
 
 def get_config(arg: str = "code"):
-    return common.imagenet_v2("efficientnetv2-l", arg)
+    return recipes.imagenet_v2("efficientnetv2-l", arg)

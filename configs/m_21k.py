@@ -1,32 +1,17 @@
-"""EfficientNetV2-M pretrained on ImageNet-21k: 60 epochs at 224 px, no progressive stages.
+"""EfficientNetV2-M pretrained on ImageNet-21k: configs/imagenet21k.py with model=m.
 
     python -m effnetv2_jax.main --config=configs/m_21k.py --workdir=DIR \
         --config.data.name=MY_IMAGENET21K --config.data.data_dir=gs://BUCKET/tensorflow_datasets
 
-Reference 3.4: batch 4096, RMSProp 0.008 per 256 (0.128), 1 warmup epoch, cosine decay, label
-smoothing 0, crop and flip only (augment "none"), dropout 1e-6, survival 1.0 (no stochastic
-depth), EMA 0.9999, weight decay 1e-5, 224 px train and eval; classes from the dataset (the
-official head has 21,843). ImageNet-21k is not in the TFDS catalog: prepare it as a TFDS
-dataset with an `image` feature and a `labels` feature `Sequence(ClassLabel(num_classes=21843))`
-(every class of an image, as the official TFRecords hold them) and pass its name as `data.name`.
-Targets: multi-hot divided by the label count, softmax cross-entropy (paper section 5.2, official
-`multiclass=True`; the default preset "paper"). `--config=configs/m_21k.py:sigmoid` uses 0/1
-multi-hot targets and a sigmoid loss instead, as the published 21k checkpoints were re-trained.
-Append `,hw=NAME` to the argument for a hardware preset (effnetv2_jax/train/hardware.py:
-tpu_v3_8, tpu_v4_32, gpu_8xa100, cpu_debug, ...); `--config.key=value` flags override both.
+60 epochs at 224 px, no progressive stages; the recipe, the dataset to prepare and the argument
+(`:sigmoid` for the published checkpoints' loss, `hw=NAME`) are described in imagenet21k.py.
 
 Expected: no published 21k accuracy; fine-tuned on ImageNet-1k with imagenet_ft1k.py:model=m
-the official checkpoint reaches 86.2% top-1 (README, reference 5.1).
+the official checkpoint reaches 86.2% top-1 (official README, `efficientnetv2-m-21k-ft1k`).
 """
 
-import os
-import sys
-
-_HERE = os.path.dirname(os.path.abspath(__file__))  # so configs/common.py imports when
-if _HERE not in sys.path:                            # config_flags loads this file by path
-    sys.path.insert(0, _HERE)
-import common  # noqa: E402
+from effnetv2_jax import recipes
 
 
 def get_config(arg: str = ""):
-    return common.pretrain_21k("efficientnetv2-m", arg)
+    return recipes.pretrain_21k(arg, model="m")

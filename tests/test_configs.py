@@ -1,11 +1,15 @@
 """Every recipe in configs/: it loads as the command line loads it, builds, trains, and holds the
-reference's numbers (the project's EfficientNetV2 reference notes (shared/reference/efficientnetv2.md) sections 1.3 and 3).
+numbers of the paper (Tan & Le 2021, sections 5.1-5.3, Tables 6 and 8) and the official code
+(google/automl `effnetv2_configs.py`, `hparams.py`, `datasets.py`, `main.py`; tensorflow/tpu
+`efficientnet_builder.py`, `main.py` for V1).
 
 Loading goes through ml_collections' own file parser (`--config=configs/X.py:ARG`), so a recipe
 that only works when imported some other way fails here. Building uses `loop.setup` (no
 compilation) on a tiny override; four representative recipes train two real steps.
 """
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,11 +21,18 @@ from effnetv2_jax.train import hardware, loop, progressive
 from effnetv2_jax.train.config import validate
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-RECIPES = sorted(p.stem for p in CONFIGS.glob("*.py") if p.stem != "common")
+RECIPES = sorted(p.stem for p in CONFIGS.glob("*.py"))
+# The parametrised recipes and the files that fix their argument (file: its fixed key=value).
+FAMILY = {"imagenet21k": {f"{m}_21k": f"model={m}" for m in ("s", "m", "l", "xl")},
+          "finetune": {"cifar10_ft": "dataset=cifar10", "cifar100_ft": "dataset=cifar100",
+                       "flowers_ft": "dataset=flowers", "cars_ft": "dataset=cars",
+                       "imagenet_ft1k": "dataset=imagenet1k"}}
 # Every recipe with each argument it accepts: both schedule presets where there are two.
 VARIANTS = [(name, arg) for name in RECIPES for arg in (
     ("code", "paper") if name in ("s_imagenet", "m_imagenet", "l_imagenet")
-    or name.endswith("_ft") or name == "imagenet_ft1k" else ("",))]
+    or name.endswith("_ft") or name == "imagenet_ft1k"
+    else ("dataset=cifar10,code", "dataset=imagenet1k,paper,model=m") if name == "finetune"
+    else ("", "sigmoid,model=xl") if name == "imagenet21k" else ("",))]
 TINY_BLOCKS = ("r1_k3_s1_e1_i8_o8_c1", "r1_k3_s2_e4_i8_o16_se0.25")
 
 
@@ -108,9 +119,9 @@ def test_two_training_steps(name, arg, cache_dir, tmp_path):
     assert (tmp_path / "checkpoints" / "2").exists()
 
 
-# ---- the reference's numbers (sections 1.3, 3.1-3.7) ----------------------------------------
+# ---- the paper's and the official code's numbers ---------------------------------------------
 
-# reference 3.3 (code) and 3.1 Table 6 (paper): per-stage sizes, magnitudes, alphas, dropout.
+# Official `main.py` (code) and paper Table 6 (paper): per-stage sizes, magnitudes, alphas, dropout.
 V2_CODE = {
     "s": ([171, 214, 257, 300], [5, 6.67, 8.33, 10], [0, 0, 0, 0], [0.2] * 4, 384),
     "m": ([192, 256, 320, 384], [5, 8.33, 11.67, 15], [0, 0.067, 0.133, 0.2], [0.3] * 4, 480),
@@ -303,3 +314,67 @@ def test_finetune_refuses_to_start_without_a_checkpoint():
         validate(load("cifar10_ft", "code"))
     validate(parse_command_line(
         f"--config={CONFIGS / 'cifar10_ft'}.py:code", "--config.train.init_checkpoint=/ckpt"))
+
+
+# ---- one library module, parametrised families ----------------------------------------------
+
+HW = ("", "hw=tpu_v4_32", "hw=gpu_8xa100", "hw=cpu_debug")
+
+
+def family_arguments(family: str) -> list[str]:
+    """Every argument the per-model / per-dataset files of `family` accept (presets x models x
+    hardware), as config arguments without the fixed key."""
+    presets = ("", "paper", "sigmoid") if family == "imagenet21k" else ("", "code", "paper")
+    models = ("",) if family == "imagenet21k" else ("", "model=s", "model=m", "model=l",
+                                                     "model=xl")
+    return [",".join(filter(None, (p, m, h))) for p in presets for m in models for h in HW]
+
+
+@pytest.mark.parametrize("family,name", [(f, n) for f in FAMILY for n in FAMILY[f]])
+def test_each_family_file_is_the_parametrised_recipe(family, name):
+    """s_21k.py:ARG == imagenet21k.py:model=s,ARG and cifar10_ft.py:ARG ==
+    finetune.py:dataset=cifar10,ARG, for every argument the file accepts. (Checked once more, at
+    the change, against the configs the per-file recipes gave before: all 438 file-argument
+    pairs of configs/ were equal.)"""
+    fixed = FAMILY[family][name]
+    for arg in family_arguments(family):
+        parametrised = load(family, f"{fixed},{arg}".rstrip(","))
+        assert load(name, arg).to_dict() == parametrised.to_dict(), (name, arg)
+
+
+def test_family_arguments_are_checked():
+    with pytest.raises(flags.IllegalFlagValueError, match="needs dataset=NAME.*imagenet1k"):
+        load("finetune", "code")
+    with pytest.raises(flags.IllegalFlagValueError, match="unknown dataset 'imagenet'"):
+        load("finetune", "dataset=imagenet")
+    with pytest.raises(flags.IllegalFlagValueError, match="model 'b0' .*valid: s, m, l, xl"):
+        load("imagenet21k", "model=b0")
+    # a file that fixes the model or dataset does not take it again
+    with pytest.raises(flags.IllegalFlagValueError, match="unknown key 'model'.*valid: hw="):
+        load("s_21k", "model=m")
+    with pytest.raises(flags.IllegalFlagValueError, match="key 'dataset'.*valid: hw=, model="):
+        load("cifar10_ft", "dataset=cars")
+    assert load("imagenet21k").model.name == "efficientnetv2-s"  # the default model
+
+
+def test_no_recipe_touches_sys_path():
+    """Recipes import the library module `effnetv2_jax.recipes`, as the command line and any
+    other program that loads them by path can."""
+    for name in RECIPES:
+        text = (CONFIGS / f"{name}.py").read_text()
+        assert "sys.path" not in text and "import common" not in text, name
+
+
+def test_recipes_load_without_tensorflow():
+    """The core install (no TensorFlow) can read a recipe, e.g. to inspect or compile it."""
+    script = (
+        "import sys\n"
+        "for m in ('tensorflow', 'tensorflow_datasets', 'tensorboard'): sys.modules[m] = None\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from config_parsing import parse_command_line\n"
+        f"c = parse_command_line('--config={CONFIGS}/finetune.py:dataset=cars,model=l')\n"
+        "print(c.model.name, c.data.name)\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == ["efficientnetv2-l", "cars196"]

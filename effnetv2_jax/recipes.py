@@ -1,12 +1,21 @@
-"""Shared builders of the recipes in this directory; each recipe file is one call to one of them.
+"""The paper's training recipes as functions; each file in configs/ is one call to one of them.
+
+    from effnetv2_jax import recipes
+
+    def get_config(arg: str = ""):
+        return recipes.imagenet_v2("efficientnetv2-s", arg)
 
 Every recipe's `get_config(arg)` takes ml_collections' config argument (the text after ':' in
 `--config=configs/s_imagenet.py:paper,hw=tpu_v4_32`): comma-separated tokens, where a bare token
-picks the schedule preset ("code" or "paper") and `key=value` tokens set `hw` (a hardware preset
-of effnetv2_jax/train/hardware.py) or `model` (s, m, l, xl for the fine-tunes). The hardware
-preset is applied last inside get_config, so `--config.key=value` flags still override it.
+picks the schedule preset ("code" or "paper"; "sigmoid" for 21k pretraining) and `key=value`
+tokens set `hw` (a hardware preset of effnetv2_jax/train/hardware.py), `model` (s, m, l, xl) or
+`dataset` (the fine-tunes). The hardware preset is applied last inside get_config, so
+`--config.key=value` flags still override it. Importing this module needs no TensorFlow.
 
-Numbers cite the project's EfficientNetV2 reference notes (shared/reference/efficientnetv2.md) (sections 1.3, 3.1-3.7).
+Numbers come from the paper (Tan & Le 2021, "EfficientNetV2: Smaller Models and Faster
+Training", sections 5.1-5.3, Tables 6 and 8) and the official code: google/automl
+`efficientnetv2/` (`effnetv2_configs.py`, `hparams.py`, `datasets.py`, `main.py`) for V2, and
+tensorflow/tpu `models/official/efficientnet/` (`efficientnet_builder.py`, `main.py`) for V1.
 """
 
 from __future__ import annotations
@@ -17,27 +26,33 @@ from effnetv2_jax.train import hardware
 from effnetv2_jax.train.config import base_config
 
 # ImageNet-1k has 1,281,167 training images in TFDS; the official code holds out 25,021 of them
-# as minival (reference 3.2), so 350 epochs are 109,474 steps here and 107,336 there.
-V1 = {  # reference 1.3: (resolution = train = eval size in the tpu repo, dropout)
+# as minival (official `datasets.py`), so 350 epochs are 109,474 steps here and 107,336 there.
+V1 = {  # tensorflow/tpu `efficientnet_builder.py`: (resolution = train = eval size, dropout)
     "efficientnet-b0": (224, 0.2), "efficientnet-b1": (240, 0.2),
     "efficientnet-b2": (260, 0.3), "efficientnet-b3": (300, 0.3),
     "efficientnet-b4": (380, 0.4), "efficientnet-b5": (456, 0.4),
     "efficientnet-b6": (528, 0.5), "efficientnet-b7": (600, 0.5),
 }
-# Fine-tune sizes: the eval size rounded down to a multiple of 16 (reference 3.5).
+# Fine-tune sizes: the eval size rounded down to a multiple of 16 (official `datasets.py`,
+# `ImagenetFt`: isize=1.0). The same four models are the 21k pretraining's.
 FT_SIZE = {"s": 384, "m": 480, "l": 480, "xl": 512}
-TRANSFER = {  # dataset: (TFDS name, train split, eval split); reference 3.5
+TRANSFER = {  # dataset: (TFDS name, train split, eval split); official `datasets.py`, paper 5.3
     "cifar10": ("cifar10", "train", "test"),
     "cifar100": ("cifar100", "train", "test"),
     "flowers": ("oxford_flowers102", "train+validation", "test"),
     "cars": ("cars196", "train", "test"),
 }
+# What `finetune` accepts as `dataset=`: the transfer sets, and ImageNet-1k after 21k pretraining.
+FINETUNE_DATASETS = (*TRANSFER, "imagenet1k")
 
 
 def parse_arg(arg: str | None, presets: tuple[str, ...], default: str,
               keys: tuple[str, ...] = ("hw",)) -> dict[str, str]:
-    """"paper,hw=tpu_v4_32" -> {"preset": "paper", "hw": "tpu_v4_32"}; unknown parts fail."""
-    out = {"preset": default, "hw": "", "model": ""}
+    """"paper,hw=tpu_v4_32" -> {"preset": "paper", "hw": "tpu_v4_32", ...}; unknown parts fail.
+
+    Every key of `keys` (and "hw", "model") is in the result, "" where the argument omits it.
+    """
+    out = {"preset": default, "hw": "", "model": "", **{key: "" for key in keys}}
     for token in filter(None, (t.strip() for t in (arg or "").split(","))):
         key, sep, value = token.partition("=")
         if not sep:
@@ -51,6 +66,12 @@ def parse_arg(arg: str | None, presets: tuple[str, ...], default: str,
             raise ValueError(f"unknown key {key!r} in config argument {arg!r} "
                              f"(valid: {', '.join(k + '=' for k in keys)})")
     return out
+
+
+def _choice(what: str, value: str, valid: tuple[str, ...] | dict) -> str:
+    if value not in valid:
+        raise ValueError(f"unknown {what} {value!r} (valid: {', '.join(valid)})")
+    return value
 
 
 def fixed_schedule(config, size: int, dropout: float, randaug: float = 0.0) -> None:
@@ -75,12 +96,13 @@ def _imagenet(config) -> None:
 
 
 def imagenet_v2(model: str, arg: str | None) -> ml_collections.ConfigDict:
-    """V2 on ImageNet-1k (reference 3.1-3.3): 350 epochs, batch 4096, RMSProp 0.016 per 256
-    (0.256), 5 warmup epochs, 0.97 every 2.4 epochs, EMA 0.9999, 4 progressive stages.
+    """V2 on ImageNet-1k (paper 5.1; official `hparams.py`, `main.py`): 350 epochs, batch 4096,
+    RMSProp 0.016 per 256 (0.256), 5 warmup epochs, 0.97 every 2.4 epochs, EMA 0.9999,
+    4 progressive stages.
 
     "code" follows google/automl main.py (BN momentum 0.9, the variant default); "paper" follows
-    Table 6 (BN momentum 0.99, section 3.1). B0-B3 have only the code schedule, with V1
-    AutoAugment instead of RandAugment (reference 1.3).
+    Table 6 (BN momentum 0.99, section 5.1). B0-B3 have only the code schedule, with V1
+    AutoAugment instead of RandAugment (official `effnetv2_configs.py`).
     """
     b_series = model[-2] == "b"
     args = parse_arg(arg, ("code",) if b_series else ("code", "paper"), "code")
@@ -104,12 +126,12 @@ def imagenet_v2(model: str, arg: str | None) -> ml_collections.ConfigDict:
 
 def v1(model: str, arg: str | None, augment: str = "autoaug",
        num_stages: int = 1, randaug_magnitude: float = 0.0) -> ml_collections.ConfigDict:
-    """V1 with the tensorflow/tpu recipe (reference 3.7): batch 2048, 218,949 steps (about 350
+    """V1 with the tensorflow/tpu recipe (its `main.py`): batch 2048, 218,949 steps (about 350
     epochs), 0.016 per 256 (0.128), 5 warmup epochs, 0.97 every 2.4 epochs, BN momentum 0.99,
     label smoothing 0.1, EMA 0.9999, survival 0.8, trained at the eval resolution.
 
-    With `num_stages` > 1 the size grows by the code's rule, first = 128 + (res - 128) / M, and
-    RandAugment by 5 -> `randaug_magnitude` (reference 3.3); dropout stays constant.
+    With `num_stages` > 1 the size grows by the V2 code's rule, first = 128 + (res - 128) / M,
+    and RandAugment by 5 -> `randaug_magnitude` (official `main.py`); dropout stays constant.
     """
     args = parse_arg(arg, (), "")
     size, dropout = V1[model]
@@ -137,19 +159,29 @@ def v1(model: str, arg: str | None, augment: str = "autoaug",
     return hardware.apply(config, args["hw"])
 
 
-def pretrain_21k(model: str, arg: str | None) -> ml_collections.ConfigDict:
-    """ImageNet-21k pretraining (reference 3.4): 60 epochs at 224 px, no progressive stages,
-    0.008 per 256 (0.128 at 4096), 1 warmup epoch, cosine, no label smoothing, no augmentation
-    beyond crop and flip, dropout 1e-6, stochastic depth off; the rest as ImageNet-1k.
+def pretrain_21k(arg: str | None, model: str | None = None) -> ml_collections.ConfigDict:
+    """ImageNet-21k pretraining (official `datasets.py`, `ImageNet21k`): 60 epochs at 224 px,
+    no progressive stages, 0.008 per 256 (0.128 at 4096), 1 warmup epoch, cosine, no label
+    smoothing, no augmentation beyond crop and flip, dropout 1e-6, stochastic depth off; the
+    rest as ImageNet-1k.
 
     Labels are the dataset's `labels` (Sequence(ClassLabel)), as multi-hot targets:
     paper   (default; section 5.2, official multiclass=True): divided by the label count,
             softmax cross-entropy;
     sigmoid (official loss_type='sigmoid', how the published 21k checkpoints were re-trained):
-            0/1 multi-hot, sigmoid cross-entropy."""
-    args = parse_arg(arg, ("paper", "sigmoid"), "paper")
+            0/1 multi-hot, sigmoid cross-entropy.
+
+    Args:
+      arg: the config argument: a preset and `hw=`; with `model` None also `model=s|m|l|xl`
+        (default s), as configs/imagenet21k.py takes it.
+      model: "s", "m", "l" or "xl" where the file fixes it (configs/s_21k.py ...); the
+        argument then has no `model=`.
+    """
+    keys = ("hw",) if model else ("hw", "model")
+    args = parse_arg(arg, ("paper", "sigmoid"), "paper", keys=keys)
+    size_key = _choice("model", model or args["model"] or "s", FT_SIZE)
     config = base_config()
-    config.model.name = model
+    config.model.name = f"efficientnetv2-{size_key}"
     config.model.survival_prob = 1.0
     config.data.source = "tfds"
     config.data.name = "imagenet21k"  # not in the TFDS catalog: prepare it yourself (docstring)
@@ -169,24 +201,35 @@ def pretrain_21k(model: str, arg: str | None) -> ml_collections.ConfigDict:
     return hardware.apply(config, args["hw"])
 
 
-def finetune(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
-    """A V2 fine-tune from `train.init_checkpoint`, head re-initialised (reference 3.5).
+def finetune(arg: str | None, dataset: str | None = None) -> ml_collections.ConfigDict:
+    """A V2 fine-tune from `train.init_checkpoint`, head re-initialised (official `datasets.py`,
+    `ImagenetFt` and the transfer sets derived from it; paper 5.3).
 
     Shared: batch 512, 10,000 steps, RMSProp, EMA 0.9996, label smoothing 0.1, dropout 1e-6,
     survival 0.8, no mixup, "ft" augmentation, one stage at the fine-tune size.
     code  (ImagenetFt in google/automl): constant 0.0005 per 256 (0.001), 1 warmup epoch,
           weight decay 1e-5.
     paper (section 5.3): 0.001 with cosine decay, weight decay 0; warmup kept from the code.
-    `dataset` is a key of TRANSFER or "imagenet" (21k -> 1k: 15 epochs instead of 10,000 steps).
+    ImageNet-1k (21k -> 1k) trains 15 epochs instead of 10,000 steps.
+
+    Args:
+      arg: the config argument: a preset, `hw=` and `model=s|m|l|xl` (default s); with
+        `dataset` None also `dataset=` (required), as configs/finetune.py takes it.
+      dataset: one of FINETUNE_DATASETS where the file fixes it (configs/cifar10_ft.py ...);
+        the argument then has no `dataset=`.
     """
-    args = parse_arg(arg, ("code", "paper"), "code", keys=("hw", "model"))
-    size_key = args["model"] or "s"
-    if size_key not in FT_SIZE:
-        raise ValueError(f"unknown model {size_key!r} (valid: {', '.join(FT_SIZE)})")
+    keys = ("hw", "model") if dataset else ("hw", "model", "dataset")
+    args = parse_arg(arg, ("code", "paper"), "code", keys=keys)
+    dataset = dataset or args["dataset"]
+    if not dataset:
+        raise ValueError(f"config argument {arg!r} needs dataset=NAME "
+                         f"(valid: {', '.join(FINETUNE_DATASETS)})")
+    _choice("dataset", dataset, FINETUNE_DATASETS)
+    size_key = _choice("model", args["model"] or "s", FT_SIZE)
     config = base_config()
     config.model.name = f"efficientnetv2-{size_key}"
     config.data.source = "tfds"
-    if dataset == "imagenet":
+    if dataset == "imagenet1k":
         _imagenet(config)
         config.train.num_epochs = 15.0
     else:
@@ -207,7 +250,7 @@ def finetune(dataset: str, arg: str | None) -> ml_collections.ConfigDict:
         config.train.lr_schedule = "constant"
         config.train.weight_decay = 1e-5
     config.train.init_checkpoint = ""  # required: --config.train.init_checkpoint=DIR
-    config.train.require_init_checkpoint = True
+    config.train.require_init_checkpoint = True  # train/config.validate refuses to start without
     config.train.init_use_ema = True
     fixed_schedule(config, FT_SIZE[size_key], 1e-6)
     return hardware.apply(config, args["hw"])
