@@ -49,6 +49,8 @@ QUEUED_GONE = ("SUSPENDED", "FAILED", "NOT_FOUND")
 QUEUED_READY = "ACTIVE"
 # Worker 0's run states (launch/worker_scripts.py) after which `watch` runs `train` again.
 RESTART_STATES = ("not-set-up", "not-started", "stopped", "preempted")
+# Subcommands that take --config and first compile it for the slice (--skip-compile-check).
+COMPILE_CHECKED = ("create", "train", "watch")
 
 
 class UsageError(Exception):
@@ -72,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "launch/accelerators.py)")
     common.add_argument("--queued", action="store_true",
                         help="the slice is a queued resource (create, status, delete, watch)")
+    # Every subcommand takes the slice's flags, so one `T="... --queued --spot"` serves the
+    # whole workflow; --spot and --preemptible only change what create and watch create.
+    common.add_argument("--spot", action="store_true",
+                        help="spot capacity (cheaper, preemptible; create and watch)")
+    common.add_argument("--preemptible", action="store_true",
+                        help="legacy preemptible TPU VM (tpu-vm create only; prefer --spot)")
     common.add_argument("--dry-run", action="store_true",
                         help="print the gcloud commands instead of running them")
 
@@ -81,7 +89,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     create = sub.add_parser("create", parents=[common], help="create the slice")
-    _add_create_args(create)
     _add_config_args(create)
     setup = sub.add_parser("setup", parents=[common],
                            help="copy (or clone) the code and pip install .[tpu,data] on every worker, "
@@ -103,7 +110,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("delete", parents=[common], help="delete the slice")
     watch = sub.add_parser("watch", parents=[common],
                            help="keep a spot queued resource training until the run finishes")
-    _add_create_args(watch)
     _add_setup_args(watch)
     _add_train_args(watch)
     _add_config_args(watch)
@@ -111,12 +117,6 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--max-failures", type=int, default=3,
                        help="give up after the run fails (non-zero exit) this many times")
     return parser
-
-
-def _add_create_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--spot", action="store_true", help="spot capacity (cheaper, preemptible)")
-    p.add_argument("--preemptible", action="store_true",
-                   help="legacy preemptible TPU VM (tpu-vm create only; prefer --spot)")
 
 
 def _add_setup_args(p: argparse.ArgumentParser) -> None:
@@ -156,7 +156,7 @@ def validate(args: argparse.Namespace) -> accelerators.Slice | None:
         raise UsageError(f"--zone={args.zone!r} is not a zone name like us-central2-b")
     if not re.match(r"^[a-z]([-a-z0-9]*[a-z0-9])?$", args.name):
         raise UsageError(f"--name={args.name!r}: use lower-case letters, digits and dashes")
-    needs_type = args.command in ("create", "train", "watch")
+    needs_type = args.command in COMPILE_CHECKED
     if needs_type and not args.accelerator_type:
         raise UsageError(f"{args.command} needs --accelerator-type, e.g. v4-32 "
                          f"(valid: {', '.join(accelerators.valid_names()[:6])}, ...)")
@@ -166,14 +166,14 @@ def validate(args: argparse.Namespace) -> accelerators.Slice | None:
             slice_ = accelerators.parse_accelerator(args.accelerator_type)
         except ValueError as e:
             raise UsageError(str(e)) from None
-    if args.command in ("create", "watch"):
+    if args.spot or args.preemptible:  # on any subcommand: the same T serves them all
         if args.spot and args.preemptible:
             raise UsageError("--spot and --preemptible exclude each other; use --spot")
         if args.queued and args.preemptible:
             raise UsageError("queued resources take --spot, not --preemptible")
     if args.command == "watch" and not args.queued:
         raise UsageError("watch recreates a queued resource: add --queued (and --spot)")
-    if args.command in ("create", "train", "watch"):
+    if args.command in COMPILE_CHECKED:
         _validate_config(args)
     if args.command in ("train", "watch"):
         _validate_train(args, slice_)

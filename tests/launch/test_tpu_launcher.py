@@ -21,7 +21,7 @@ GCLOUD_WHERE = ["--project=proj", "--zone=us-central2-b"]
 def run(*argv: str) -> int:
     """The launcher, without its compile check (tested on its own below: it takes minutes for
     the recipes these tests launch)."""
-    if argv[0] in ("create", "train", "watch"):
+    if argv[0] in tpu.COMPILE_CHECKED:
         argv = (argv[0], "--skip-compile-check", *argv[1:])
     return tpu.main([*argv])
 
@@ -137,6 +137,31 @@ def test_logs_status_stop_delete(fake_gcloud):
     assert calls[8] == ["compute", "tpus", "queued-resources", "delete", "v2s", *GCLOUD_WHERE,
                         "--force", "--quiet"]
     assert len(calls) == 9
+
+
+# The docs set T="--project=... --accelerator-type=v4-32 --queued --spot" once and pass it to
+# every subcommand (test_documented_commands.py runs their lines).
+SLICE = [*WHERE, "--name=v2s", "--accelerator-type=v4-32", "--queued", "--spot"]
+
+
+@pytest.mark.parametrize("command", sorted(tpu.COMMANDS))
+def test_every_subcommand_takes_the_slice_flags(fake_gcloud, command):
+    extra = ["--workdir=gs://b/r"] if command in ("train", "watch") else []
+    assert run(command, *SLICE, *extra, "--dry-run") == 0
+
+
+def test_queued_selects_the_queued_resource_form(fake_gcloud, capsys):
+    for command in ("create", "status", "delete"):
+        assert run(command, *SLICE, "--dry-run") == 0
+    out = capsys.readouterr().out
+    for verb in ("create", "describe", "delete"):
+        assert f"gcloud compute tpus queued-resources {verb} v2s" in out
+    assert "tpu-vm create" not in out and "tpu-vm delete" not in out
+
+
+def test_spot_and_preemptible_exclude_each_other_on_any_subcommand(fake_gcloud, capsys):
+    assert run("status", *WHERE, "--spot", "--preemptible") == 2
+    assert "exclude each other" in capsys.readouterr().err and fake_gcloud.calls() == []
 
 
 def test_status_skips_the_workers_of_a_missing_slice(fake_gcloud, capsys):
