@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from effnetv2_jax.data import (DataConfig, Preprocess, make_eval_iterator,  # noqa: E402
+from effnetv2_jax.data import (DataConfig, Preprocessing, make_eval_iterator,  # noqa: E402
                                make_train_iterator)
 
 TRAIN_SIZES = (128, 224, 300)
@@ -79,7 +79,7 @@ def main() -> None:
         config = DataConfig(source="folder", folder_root=root, folder_eval_root=root,
                             augment="randaug", randaug_layers=2)
         for size in TRAIN_SIZES:
-            with make_train_iterator(config, Preprocess(), image_size=size, randaug_magnitude=15,
+            with make_train_iterator(config, Preprocessing(), image_size=size, randaug_magnitude=15,
                                      mixup_alpha=0.2, cutmix_alpha=0.0,
                                      global_batch_size=args.batch, start_step=0,
                                      seed=0) as iterator:
@@ -87,7 +87,7 @@ def main() -> None:
             rows.append(("train RandAugment(2, 15) + mixup 0.2", size, rate))
         elapsed, images = 0.0, 0
         while elapsed < args.seconds:  # whole passes; iterator construction not timed
-            iterator = make_eval_iterator(config, Preprocess(), image_size=EVAL_SIZE,
+            iterator = make_eval_iterator(config, Preprocessing(), image_size=EVAL_SIZE,
                                           global_batch_size=args.batch)
             start = time.perf_counter()
             images += sum(int(batch["mask"].sum()) for batch in iterator)

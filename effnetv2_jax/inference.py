@@ -29,6 +29,7 @@ from effnetv2_jax._extras import require
 from effnetv2_jax.models.efficientnet import EfficientNet
 from effnetv2_jax.models.factory import abstract_model
 from effnetv2_jax.models.variants import get_variant
+from effnetv2_jax.preprocessing import Preprocessing
 
 CLASS_NAMES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "imagenet_classes.txt")
 _CHECKPOINTS_SUBDIR = "checkpoints"
@@ -65,7 +66,7 @@ class LoadedModel:
         [batch, height, width, 3] images.
       preprocessing: the metadata's preprocessing (mean, std in pixels, interpolation,
         crop_padding, squash_min_size, train_crop); `preprocess` is it as a
-        `effnetv2_jax.data.config.Preprocess`.
+        `effnetv2_jax.preprocessing.Preprocessing`.
       eval_size: the eval image size in pixels.
       class_names: one name per class.
       metadata: the checkpoint metadata as written (model, sizes, source, config...).
@@ -86,13 +87,9 @@ class LoadedModel:
         return self.model(images)
 
     @property
-    def preprocess(self):
-        """The eval preprocessing as the data pipeline's `Preprocess` (imported here, not at
-        load time: the data package brings TensorFlow)."""
-        from effnetv2_jax.data.config import Preprocess
-
-        fields = {f.name for f in dataclasses.fields(Preprocess)}
-        return Preprocess(**{k: v for k, v in self.preprocessing.items() if k in fields})
+    def preprocess(self) -> Preprocessing:
+        """The eval preprocessing as the `Preprocessing` the data pipeline and export take."""
+        return Preprocessing.from_dict(self.preprocessing)
 
 
 def find_checkpoint(path: str, step: int | None = None) -> str:
@@ -282,8 +279,6 @@ def predict(model, images, top_k: int = 5, *, image_size: int | None = None,
     Returns:
       `Predictions` (indices, names, probabilities), one row per image, best class first.
     """
-    from effnetv2_jax.data.config import Preprocess
-
     if isinstance(model, LoadedModel):
         net, preprocess = model.model, model.preprocess
         size, class_names = image_size or model.eval_size, model.class_names
@@ -293,7 +288,7 @@ def predict(model, images, top_k: int = 5, *, image_size: int | None = None,
                              "load_checkpoint, or variant='<registered name>' with an "
                              "EfficientNet")
         spec = get_variant(variant)
-        net, preprocess = model, Preprocess.from_metadata(spec.preprocessing)
+        net, preprocess = model, Preprocessing.from_metadata(spec.preprocessing)
         size, class_names = image_size or spec.eval_size, default_class_names(model.num_classes)
     else:
         raise TypeError(f"expected a LoadedModel or an EfficientNet, got {type(model).__name__}")

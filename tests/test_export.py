@@ -19,7 +19,7 @@ import tensorflow as tf
 import effnetv2_jax
 from effnetv2_jax import inference
 from effnetv2_jax.convert.writer import checkpoint_metadata, random_weights, write_checkpoint
-from effnetv2_jax.data.config import Preprocess
+from effnetv2_jax.preprocessing import Preprocessing
 from effnetv2_jax.data.preprocess import eval_image
 from effnetv2_jax.export import (export_checkpoint, export_function, inference_function,
                                  load_jax_export, parse_batch)
@@ -113,9 +113,9 @@ def _check_parity(got, want):
 def test_tf_batch_preprocessing_matches_eval_image(interpolation, squash_min_size, photos):
     """The serving preprocessing (TFLite-native ops) = the pipeline's `eval_image` per image:
     bilinear exactly, the rebuilt bicubic within float32 rounding (1e-5 normalised, 6e-4 pixel)."""
-    preprocess = Preprocess(mean=(120.0, 121.0, 122.0), std=(60.0, 61.0, 62.0),
-                            interpolation=interpolation, crop_padding=32,
-                            squash_min_size=squash_min_size)
+    preprocess = Preprocessing(mean=(120.0, 121.0, 122.0), std=(60.0, 61.0, 62.0),
+                               interpolation=interpolation, crop_padding=32,
+                               squash_min_size=squash_min_size)
     for size, batch in ((SIZE, photos[0]), (40, photos[3]), (224, photos[4][:2])):
         got = eval_batch(tf.constant(batch), size, preprocess).numpy()
         want = np.stack([eval_image(tf.constant(x), size, preprocess).numpy() for x in batch])

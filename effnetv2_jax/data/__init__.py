@@ -1,10 +1,10 @@
 """Input pipelines (tf.data): sources, official preprocessing and augmentation, resumable streams.
 
-    from effnetv2_jax.data import DataConfig, Preprocess, dataset_info, make_train_iterator
+    from effnetv2_jax.data import DataConfig, Preprocessing, dataset_info, make_train_iterator
 
 | module                | job                                                             |
 |-----------------------|-----------------------------------------------------------------|
-| `config.py`           | `DataConfig` (what to read), `Preprocess` (a weight's pixels)   |
+| `config.py`           | `DataConfig` (what to read); `Preprocessing` (a weight's pixels) |
 | `sources.py`          | `dataset_info`, this process's part of a split, for any source  |
 | `tfds_source.py`, `folder_source.py`, `synthetic_source.py`, `digits_builder.py` | the sources |
 | `shard.py`            | the random-access / streaming interface every source provides   |
@@ -16,7 +16,7 @@
 | `pipeline.py`         | `make_train_iterator`, `make_eval_iterator`                     |
 
 This package never imports the model: the training loop copies a variant's preprocessing
-metadata into `Preprocess.from_metadata`.
+metadata into `Preprocessing.from_metadata`.
 """
 
 from effnetv2_jax._extras import lazy_exports
@@ -24,7 +24,7 @@ from effnetv2_jax._extras import lazy_exports
 # Imported on first use (PEP 562): `config` needs no TensorFlow, the pipeline does
 # (`pip install 'effnetv2_jax[data]'`).
 _EXPORTS = {
-    "DataConfig": "config", "Preprocess": "config",
+    "DataConfig": "config", "Preprocessing": "config", "Preprocess": "config",  # old name
     "Batches": "pipeline", "DatasetInfo": "pipeline", "dataset_info": "pipeline",
     "make_eval_iterator": "pipeline", "make_train_iterator": "pipeline",
     "clear_caches": "sources",

@@ -38,9 +38,10 @@ import numpy as np
 
 from effnetv2_jax._extras import require
 from effnetv2_jax.data import labels, mixing, preprocess as prep, seeds
-from effnetv2_jax.data.config import DataConfig, Preprocess
+from effnetv2_jax.data.config import DataConfig
 from effnetv2_jax.data.shard import Shard
 from effnetv2_jax.data.sources import DatasetInfo, dataset_info, open_shard
+from effnetv2_jax.preprocessing import Preprocessing
 
 tf = require("tensorflow", "data")
 
@@ -132,7 +133,7 @@ def _example_stream(shard: Shard, seed: int, start: int) -> tf.data.Dataset:
     return shard.read(epoch_positions(shard.num_examples, seed, start))
 
 
-def make_train_iterator(config: DataConfig, preprocess: Preprocess, *, image_size: int,
+def make_train_iterator(config: DataConfig, preprocess: Preprocessing, *, image_size: int,
                         randaug_magnitude: float, mixup_alpha: float, cutmix_alpha: float,
                         global_batch_size: int, start_step: int, seed: int,
                         process_index: int = 0, process_count: int = 1) -> Batches:
@@ -238,7 +239,7 @@ def _mixed_batches(examples, prepare, to_target, local_batch, image_size, mixup_
     return rows.batch(local_batch, drop_remainder=True)
 
 
-def make_eval_iterator(config: DataConfig, preprocess: Preprocess, *, image_size: int,
+def make_eval_iterator(config: DataConfig, preprocess: Preprocessing, *, image_size: int,
                        global_batch_size: int, process_index: int = 0,
                        process_count: int = 1) -> Batches:
     """Every evaluation example exactly once over all processes, padded to whole batches.

@@ -3,7 +3,7 @@
 
 Train (`train_image`), for a decoded uint8 image `[H, W, 3]` of any size:
 
-1. crop, by `Preprocess.crop`:
+1. crop, by `Preprocessing.crop`:
    * "v2": `sample_distorted_bounding_box` with area 5-100%, aspect 3/4-4/3, 100 attempts;
    * "legacy" (V1 / B-series): area 8-100%, `min_object_covered` 0.1, 10 attempts; a failed
      search (the whole image) falls back to the eval centre crop;
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from effnetv2_jax._extras import require
 from effnetv2_jax.data import augment_ops, randaugment
-from effnetv2_jax.data.config import Preprocess
+from effnetv2_jax.preprocessing import Preprocessing
 
 tf = require("tensorflow", "data")
 
@@ -51,7 +51,7 @@ def resize(image: tf.Tensor, size: int, interpolation: str) -> tf.Tensor:
     return resized[0]
 
 
-def normalize(image: tf.Tensor, preprocess: Preprocess) -> tf.Tensor:
+def normalize(image: tf.Tensor, preprocess: Preprocessing) -> tf.Tensor:
     """`(x - mean) / std` per channel, float32."""
     image = tf.cast(image, tf.float32)
     if len(set(preprocess.mean)) == 1 and len(set(preprocess.std)) == 1:  # V2, Lite
@@ -64,7 +64,7 @@ def normalize(image: tf.Tensor, preprocess: Preprocess) -> tf.Tensor:
 
 
 def center_crop_window(height: tf.Tensor, width: tf.Tensor, size: int,
-                       preprocess: Preprocess) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+                       preprocess: Preprocessing) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """`(offset_y, offset_x, side)` of the eval centre crop, in pixels.
 
     side = `int(size / (size + crop_padding) * min(H, W))` computed in float32 as the official
@@ -78,27 +78,27 @@ def center_crop_window(height: tf.Tensor, width: tf.Tensor, size: int,
     return (height - side + round_up) // 2, (width - side + round_up) // 2, side
 
 
-def _center_crop(image: tf.Tensor, size: int, preprocess: Preprocess) -> tf.Tensor:
+def _center_crop(image: tf.Tensor, size: int, preprocess: Preprocessing) -> tf.Tensor:
     shape = tf.shape(image)
     offset_y, offset_x, side = center_crop_window(shape[0], shape[1], size, preprocess)
     return tf.slice(image, [offset_y, offset_x, 0], [side, side, 3])
 
 
-def squashes(size: int, preprocess: Preprocess) -> bool:
+def squashes(size: int, preprocess: Preprocessing) -> bool:
     """True when eval at `size` resizes the whole image instead of centre-cropping."""
     if preprocess.crop == "resize":
         return True
     return preprocess.squash_min_size is not None and size >= preprocess.squash_min_size
 
 
-def eval_image(image: tf.Tensor, size: int, preprocess: Preprocess) -> tf.Tensor:
+def eval_image(image: tf.Tensor, size: int, preprocess: Preprocessing) -> tf.Tensor:
     """uint8 `[H, W, 3]` -> normalised float32 `[size, size, 3]` (centre crop or squash)."""
     if not squashes(size, preprocess):
         image = _center_crop(image, size, preprocess)
     return normalize(resize(image, size, preprocess.interpolation), preprocess)
 
 
-def random_crop(image: tf.Tensor, size: int, preprocess: Preprocess,
+def random_crop(image: tf.Tensor, size: int, preprocess: Preprocessing,
                  seed: tf.Tensor, min_area: float | None = None) -> tf.Tensor:
     """The training crop (step 1 of the module docstring), before resizing.
 
@@ -141,7 +141,7 @@ def cutout_noise(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     return (1.0 - inside) * image + inside * noise
 
 
-def train_image(image: tf.Tensor, seed: tf.Tensor, *, size: int, preprocess: Preprocess,
+def train_image(image: tf.Tensor, seed: tf.Tensor, *, size: int, preprocess: Preprocessing,
                 augment: str, randaug_layers: int = 2,
                 randaug_magnitude: float = 0.0, random_flip: bool = True,
                 min_crop_area: float | None = None) -> tf.Tensor:

@@ -27,7 +27,7 @@ import tempfile
 from collections.abc import Sequence
 
 from effnetv2_jax._extras import require
-from effnetv2_jax.data.config import Preprocess
+from effnetv2_jax.preprocessing import Preprocessing
 from effnetv2_jax.export.inference_fn import InferenceFunction
 from effnetv2_jax.export.tf_preprocess import eval_batch
 
@@ -50,7 +50,7 @@ class ServingModule(tf.Module):
     """
 
     def __init__(self, fn: InferenceFunction, *, batch: int | None = None,
-                 preprocess: Preprocess | None = None, top_k: int = 5,
+                 preprocess: Preprocessing | None = None, top_k: int = 5,
                  platforms: Sequence[str] = ("cpu",)):
         super().__init__(name="effnetv2_jax")
         size = fn.image_size
@@ -80,7 +80,7 @@ class ServingModule(tf.Module):
 
 
 def write_savedmodel(fn: InferenceFunction, directory: str, *, class_names: Sequence[str],
-                     batch: int | None = None, preprocess: Preprocess | None = None,
+                     batch: int | None = None, preprocess: Preprocessing | None = None,
                      top_k: int = 5, platforms: Sequence[str] = ("cpu",)) -> ServingModule:
     """Saves a `ServingModule` to `directory` (which must not exist yet)."""
     module = ServingModule(fn, batch=batch, preprocess=preprocess, top_k=top_k,

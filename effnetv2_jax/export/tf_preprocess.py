@@ -19,7 +19,7 @@ Two changes, both so that the TFLite converter maps every op to a builtin kernel
 from __future__ import annotations
 
 from effnetv2_jax._extras import require
-from effnetv2_jax.data.config import Preprocess
+from effnetv2_jax.preprocessing import Preprocessing
 from effnetv2_jax.data.preprocess import center_crop_window, normalize, squashes
 
 tf = require("tensorflow", "data")
@@ -87,7 +87,7 @@ def resize_batch(images: tf.Tensor, size: int, interpolation: str) -> tf.Tensor:
     raise ValueError(f"unknown interpolation {interpolation!r} (valid: bilinear, bicubic)")
 
 
-def eval_batch(images: tf.Tensor, size: int, preprocess: Preprocess) -> tf.Tensor:
+def eval_batch(images: tf.Tensor, size: int, preprocess: Preprocessing) -> tf.Tensor:
     """uint8 [batch, H, W, 3] (any H, W) -> normalised float32 [batch, size, size, 3].
 
     The centre square of side `int(size / (size + crop_padding) * min(H, W))` (or the whole image

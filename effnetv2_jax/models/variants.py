@@ -14,30 +14,13 @@ from __future__ import annotations
 import dataclasses
 
 from effnetv2_jax.models.arch import ArchConfig
+from effnetv2_jax.preprocessing import Preprocessing
 
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
 
-@dataclasses.dataclass(frozen=True)
-class Preprocessing:
-    """How images are prepared for this variant's weights (applied once, by the data pipeline).
-
-    Attributes:
-      mean, std: per-channel, in pixel units (0-255): x_normalised = (x - mean) / std.
-      interpolation: resize method ("bilinear" for V2 S-XL; "bicubic" for V1, Lite and V2-B*).
-      crop_padding: eval center crop keeps size / (size + crop_padding) of the short side.
-      squash_min_size: eval sizes >= this skip the crop and squash the whole image (V2 S-XL: 320);
-        None = always crop.
-    """
-
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bicubic"
-    crop_padding: int = 32
-    squash_min_size: int | None = None
-
-
+# Positional: mean, std, interpolation, crop_padding, squash_min_size (preprocessing.py).
 V2_PREPROCESSING = Preprocessing((128.0,) * 3, (128.0,) * 3, "bilinear", 32, 320)
 V1_PREPROCESSING = Preprocessing(IMAGENET_MEAN, IMAGENET_STD, "bicubic", 32, None)
 LITE_PREPROCESSING = Preprocessing((127.0,) * 3, (128.0,) * 3, "bicubic", 32, None)

@@ -26,6 +26,7 @@ from effnetv2_jax import data
 from effnetv2_jax.models.conv_ops import resolve_conv_impl
 from effnetv2_jax.models.factory import abstract_model, create_model, resolve_model_args
 from effnetv2_jax.models.variants import Variant
+from effnetv2_jax.preprocessing import Preprocessing
 from effnetv2_jax.train import inputs, progressive, sharding
 from effnetv2_jax.train.checkpoint import Checkpointer, abstract_like, warm_start
 from effnetv2_jax.train.config import validate
@@ -50,7 +51,7 @@ class Run:
     learning_rate: optax.Schedule
     info: data.DatasetInfo
     data_config: data.DataConfig
-    preprocess: data.Preprocess
+    preprocess: Preprocessing
     stages: list[progressive.Stage]
     total_steps: int
     eval_size: int

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from effnetv2_jax.data import DataConfig, Preprocess, dataset_info, make_eval_iterator
+from effnetv2_jax.data import DataConfig, Preprocessing, dataset_info, make_eval_iterator
 from effnetv2_jax.data import make_train_iterator
 from effnetv2_jax.inference import load_checkpoint
 from effnetv2_jax.train import base_config, loop, validate
@@ -15,7 +15,7 @@ from effnetv2_jax.train.step import classification_loss
 
 from flat_images import NUM_TEST, NUM_TRAIN, EffnetTestMultiLabel, example_ids, multi_labels
 
-FLAT = Preprocess(train_crop="resize")
+FLAT = Preprocessing(train_crop="resize")
 NAME = "effnet_test_multi_label"
 
 

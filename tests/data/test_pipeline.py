@@ -9,19 +9,19 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from effnetv2_jax.data import DataConfig, Preprocess, make_eval_iterator, make_train_iterator
+from effnetv2_jax.data import DataConfig, Preprocessing, make_eval_iterator, make_train_iterator
 from effnetv2_jax.data import mixing, seeds
 
 from flat_images import NUM_CLASSES, NUM_TEST, NUM_TRAIN, example_ids
 
-FLAT = Preprocess(train_crop="resize")
+FLAT = Preprocessing(train_crop="resize")
 
 
 def tiny(data_dir, **overrides):
     return DataConfig(source="tfds", name="effnet_test_tiny", data_dir=data_dir, **overrides)
 
 
-def train(config, steps, start_step=0, preprocess=Preprocess(), **overrides):
+def train(config, steps, start_step=0, preprocess=Preprocessing(), **overrides):
     args = dict(image_size=16, randaug_magnitude=9.0, mixup_alpha=0.0, cutmix_alpha=0.0,
                 global_batch_size=4, start_step=start_step, seed=7)
     args.update(overrides)
@@ -212,7 +212,7 @@ def test_close_stops_the_stream_and_releases_its_threads():
     gc.collect()
     baseline = _threads()
     for _ in range(3):
-        iterator = make_train_iterator(config, Preprocess(), **args)
+        iterator = make_train_iterator(config, Preprocessing(), **args)
         next(iterator)
         assert _threads() > baseline  # the pipeline's own threads
         iterator.close()

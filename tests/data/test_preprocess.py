@@ -9,15 +9,16 @@ import pytest
 import tensorflow as tf
 
 from effnetv2_jax.data import preprocess as prep
-from effnetv2_jax.data.config import DataConfig, Preprocess
+from effnetv2_jax.data.config import DataConfig
+from effnetv2_jax.preprocessing import Preprocessing
 
-V2 = Preprocess()
+V2 = Preprocessing()
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-V1 = Preprocess(mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bicubic",
-                squash_min_size=None)
-LITE = Preprocess(mean=(127.0,) * 3, std=(128.0,) * 3, interpolation="bicubic",
-                  squash_min_size=None)
+V1 = Preprocessing(mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation="bicubic",
+                   squash_min_size=None)
+LITE = Preprocessing(mean=(127.0,) * 3, std=(128.0,) * 3, interpolation="bicubic",
+                     squash_min_size=None)
 
 
 def photo(height, width, seed=0):
@@ -222,11 +223,11 @@ def test_decode_gives_rgb_for_grey_and_rgba_png():
 
 def test_preprocess_checks_fields_and_copies_metadata():
     with pytest.raises(ValueError, match="unknown interpolation 'nearest'.*bilinear, bicubic"):
-        Preprocess(interpolation="nearest")
+        Preprocessing(interpolation="nearest")
     with pytest.raises(ValueError, match="unknown train_crop 'random'.*v2, legacy, resize"):
-        Preprocess(train_crop="random")
+        Preprocessing(train_crop="random")
     with pytest.raises(ValueError, match="std must be > 0"):
-        Preprocess(std=(1.0, 0.0, 1.0))
+        Preprocessing(std=(1.0, 0.0, 1.0))
     assert V2.crop == "v2" and V1.crop == "legacy"
     assert dataclasses.replace(V1, train_crop="resize").crop == "resize"
 
@@ -238,8 +239,8 @@ def test_preprocess_checks_fields_and_copies_metadata():
         crop_padding: int = 32
         squash_min_size: int | None = None
 
-    assert Preprocess.from_metadata(Metadata()) == V1
-    assert Preprocess.from_metadata(Metadata(), train_crop="resize").crop == "resize"
+    assert Preprocessing.from_metadata(Metadata()) == V1
+    assert Preprocessing.from_metadata(Metadata(), train_crop="resize").crop == "resize"
 
 
 def test_data_config_checks_fields():
@@ -257,12 +258,26 @@ def test_data_config_checks_fields():
     ("efficientnetv2-s", "v2", True), ("efficientnetv2-b0", "legacy", False),
     ("efficientnet-b0", "legacy", False), ("efficientnet-lite0", "legacy", False)])
 def test_the_model_registry_metadata_selects_the_preprocessing(name, crop, squashes_at_384):
-    """The training loop's path: registry metadata -> Preprocess (the data package itself never
+    """The training loop's path: registry metadata -> Preprocessing (the data package itself never
     imports the model)."""
     effnetv2_jax = pytest.importorskip("effnetv2_jax")
-    preprocess = Preprocess.from_metadata(effnetv2_jax.get_variant(name).preprocessing)
+    preprocess = Preprocessing.from_metadata(effnetv2_jax.get_variant(name).preprocessing)
     assert preprocess.crop == crop and prep.squashes(384, preprocess) == squashes_at_384
     flat = np.full((20, 20, 3), 200, np.uint8)
     out = prep.eval_image(tf.constant(flat), 16, preprocess).numpy()
     expected = (200 - np.array(preprocess.mean)) / np.array(preprocess.std)
     np.testing.assert_allclose(out[0, 0], expected, rtol=1e-5)
+
+
+def test_one_preprocessing_type_for_the_registry_and_the_pipeline():
+    """The model registry's metadata is the type the pipeline takes, so a variant's
+    preprocessing goes to the pipeline as it is (the old name `data.Preprocess` is the same
+    type); a variant's own has no training crop, and the V2 S-XL defaults are V2-S's."""
+    from effnetv2_jax import data
+    from effnetv2_jax.models import variants
+
+    s = variants.get_variant("efficientnetv2-s").preprocessing
+    assert type(s) is Preprocessing is data.Preprocessing is data.Preprocess
+    assert s == Preprocessing() and s.train_crop is None
+    assert variants.get_variant("efficientnet-b0").preprocessing == V1
+    assert Preprocessing.from_dict({**dataclasses.asdict(LITE), "extra": 1}) == LITE

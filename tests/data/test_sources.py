@@ -7,13 +7,13 @@ import time
 import numpy as np
 import pytest
 
-from effnetv2_jax.data import (DataConfig, Preprocess, clear_caches, dataset_info,
+from effnetv2_jax.data import (DataConfig, Preprocessing, clear_caches, dataset_info,
                                make_eval_iterator, make_train_iterator)
 from effnetv2_jax.data import digits_builder
 
 from flat_images import NUM_CLASSES, NUM_TEST, NUM_TRAIN, example_ids
 
-FLAT = Preprocess(train_crop="resize")  # whole-image resize: flat images stay flat
+FLAT = Preprocessing(train_crop="resize")  # whole-image resize: flat images stay flat
 
 
 def tiny(data_dir, **overrides):
@@ -56,7 +56,7 @@ def test_unprepared_tfds_dataset_fails_fast_and_says_how_to_prepare(tmp_path):
     config = DataConfig(name="cifar10", data_dir=str(tmp_path))
     start = time.time()
     for call in (lambda: dataset_info(config),
-                 lambda: make_train_iterator(config, Preprocess(), image_size=32,
+                 lambda: make_train_iterator(config, Preprocessing(), image_size=32,
                                              randaug_magnitude=5, mixup_alpha=0, cutmix_alpha=0,
                                              global_batch_size=8, start_step=0, seed=0)):
         with pytest.raises(FileNotFoundError) as error:
@@ -166,9 +166,9 @@ def test_synthetic_labels_images_and_disjoint_eval():
                         synthetic_num_eval_examples=6, synthetic_image_size=12, augment="none")
     info = dataset_info(config)
     assert (info.num_classes, info.num_train_examples, info.num_eval_examples) == (4, 20, 6)
-    [batch] = eval_batches(config, preprocess=Preprocess(train_crop="resize"), size=12, batch=6)
+    [batch] = eval_batches(config, preprocess=Preprocessing(train_crop="resize"), size=12, batch=6)
     np.testing.assert_array_equal(batch["label"], np.arange(20, 26) % 4)
-    again = eval_batches(config, preprocess=Preprocess(train_crop="resize"), size=12, batch=6)[0]
+    again = eval_batches(config, preprocess=Preprocessing(train_crop="resize"), size=12, batch=6)[0]
     np.testing.assert_array_equal(batch["image"], again["image"])
     # Same class: same colour under the noise; different classes: different colours.
     means = batch["image"].mean(axis=(1, 2))

@@ -8,7 +8,7 @@ import pytest
 
 import harness
 from conftest import tiny_config
-from effnetv2_jax.data import (DataConfig, Preprocess, clear_caches, dataset_info,
+from effnetv2_jax.data import (DataConfig, Preprocessing, clear_caches, dataset_info,
                                make_eval_iterator, make_train_iterator)
 from effnetv2_jax.data.folder_source import list_folder, readable
 from effnetv2_jax.train import loop
@@ -47,7 +47,7 @@ def preprocess_all(root, cases, augment):
     config = folder_config(root, augment=augment)
     info = dataset_info(config)
     kept = info.num_train_examples - sum(e == "skipped" for _, e in cases.values())
-    train = make_train_iterator(config, Preprocess(), image_size=32, randaug_magnitude=10,
+    train = make_train_iterator(config, Preprocessing(), image_size=32, randaug_magnitude=10,
                                 mixup_alpha=0.2, cutmix_alpha=0.2, global_batch_size=8,
                                 start_step=0, seed=0)
     for _ in range(-(-kept // 8) + 1):                 # a whole epoch and more
@@ -55,7 +55,7 @@ def preprocess_all(root, cases, augment):
         assert batch["image"].shape == (8, 32, 32, 3) and np.isfinite(batch["image"]).all()
     train.close()
     count = sum(int(b["mask"].sum()) for b in make_eval_iterator(
-        config, Preprocess(), image_size=32, global_batch_size=8))
+        config, Preprocessing(), image_size=32, global_batch_size=8))
     assert count == kept
 
 
