@@ -1,105 +1,18 @@
-"""Command line: classify image files with a checkpoint and print a table.
+"""`python -m effnetv2_jax.predict --checkpoint DIR image1.jpg ...`: classify image files.
 
-    python -m effnetv2_jax.predict --checkpoint DIR image1.jpg image2.png ...
-
-DIR is a training workdir, a converted checkpoint (`python -m effnetv2_jax.convert`), or one
-step directory. A missing or unreadable image gets a one-line error on stderr and the others are
-still classified; the exit status is 1 if any image failed, 2 if the checkpoint did not load.
+Only the tool's name lives here; its code is effnetv2_jax/predict_cli.py. `effnetv2_jax.predict`
+is the function (`effnetv2_jax.inference.predict`), and importing this file as a module would
+rebind that package attribute to the module, so an import refuses and says where to look.
 """
 
-from __future__ import annotations
-
-import argparse
-import contextlib
-import os
 import sys
-import types
 
-from effnetv2_jax import inference
+if __name__ != "__main__":
+    raise ImportError("effnetv2_jax.predict is the function effnetv2_jax.inference.predict, not "
+                      "a module to import; the command line is `python -m effnetv2_jax.predict` "
+                      "and its code effnetv2_jax.predict_cli (format_table, main)",
+                      name=__name__)
 
-_NAME_WIDTH = 48
+from effnetv2_jax.predict_cli import main  # noqa: E402
 
-
-def format_table(paths: list[str], predictions: inference.Predictions) -> str:
-    """One row per (image, rank): image, rank, class index, name, probability."""
-    width = max([len("image")] + [len(p) for p in paths])
-    lines = [f"{'image':<{width}}  rank  {'class':>5}  {'name':<{_NAME_WIDTH}}  probability"]
-    for path, indices, names, probs in zip(paths, predictions.indices, predictions.names,
-                                           predictions.probabilities):
-        for rank, (index, name, prob) in enumerate(zip(indices, names, probs), start=1):
-            if len(name) > _NAME_WIDTH:
-                name = name[:_NAME_WIDTH - 3] + "..."
-            shown = path if rank == 1 else ""
-            lines.append(f"{shown:<{width}}  {rank:>4}  {int(index):>5}  {name:<{_NAME_WIDTH}}  "
-                         f"{float(prob):>11.4f}")
-    return "\n".join(lines)
-
-
-@contextlib.contextmanager
-def _native_stderr_silenced():
-    """libjpeg and TensorFlow's C++ runtime write their own lines to file descriptor 2 for a
-    corrupt image; the CLI reports each bad file in one line of its own instead."""
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
-    parser = argparse.ArgumentParser(prog="python -m effnetv2_jax.predict",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True,
-                        help="workdir, converted checkpoint directory or step directory")
-    parser.add_argument("images", nargs="+", help="image files (JPEG, PNG, GIF, BMP, WebP)")
-    parser.add_argument("--top-k", type=int, default=5, help="classes shown per image")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="eval size in pixels (default: the checkpoint's)")
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest)")
-    parser.add_argument("--no-ema", action="store_true", help="use the raw, not the EMA, weights")
-    args = parser.parse_args(argv)
-    if args.top_k < 1:
-        parser.error(f"--top-k must be >= 1, got {args.top_k}")
-
-    images, paths, failed = [], [], 0
-    for path in args.images:
-        try:
-            with _native_stderr_silenced():
-                images.append(inference.read_image(path))
-            paths.append(path)
-        except inference.ImageError as error:
-            print(f"error: {error}", file=sys.stderr)
-            failed += 1
-    try:
-        loaded = inference.load_checkpoint(args.checkpoint, step=args.step,
-                                           use_ema=not args.no_ema)
-    except (FileNotFoundError, ValueError, KeyError) as error:
-        print(f"error: cannot load checkpoint {args.checkpoint}: {error}", file=sys.stderr)
-        return 2
-    if images:
-        predictions = inference.predict(loaded, images, top_k=args.top_k,
-                                        image_size=args.image_size)
-        print(f"{loaded.metadata['model']}, step {loaded.step}, {loaded.weights} weights, "
-              f"{args.image_size or loaded.eval_size} px")
-        print(format_table(paths, predictions))
-    return 1 if failed else 0
-
-
-class _CallableModule(types.ModuleType):
-    """`effnetv2_jax.predict` is both this CLI module and the `predict` function. Importing the
-    module rebinds the package attribute to the module, so the module itself forwards calls to
-    `inference.predict`: `effnetv2_jax.predict(model, images)` works either way."""
-
-    def __call__(self, *args, **kwargs):
-        return inference.predict(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
-
-if __name__ == "__main__":
-    sys.exit(main())
+sys.exit(main())

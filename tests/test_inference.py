@@ -6,7 +6,10 @@ weights, ImageNet-1k head) and one in the training layout, written by training's
 differs from the weights, dataset class names, architecture overrides).
 """
 
+import importlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -21,7 +24,7 @@ from PIL import Image
 import effnetv2_jax
 from effnetv2_jax import inference
 from effnetv2_jax.convert import write_model
-from effnetv2_jax.predict import format_table, main as predict_main
+from effnetv2_jax.predict_cli import format_table, main as predict_main
 from effnetv2_jax.train.checkpoint import Checkpointer
 from effnetv2_jax.train.state import create_train_state, split_model
 
@@ -232,19 +235,28 @@ def test_format_table_truncates_long_names():
     assert "x" * 45 + "..." in row and "x" * 46 not in row
 
 
-def test_predict_module_is_callable_like_the_function(trained):
-    """`python -m effnetv2_jax.predict` and `effnetv2_jax.predict(...)` share a name; the module
-    forwards calls, so the function keeps working after the CLI module was imported."""
-    import effnetv2_jax.predict as predict_module
+def test_predict_is_the_function_and_the_command_keeps_its_name(trained, tmp_path):
+    """`effnetv2_jax.predict(...)` is `inference.predict`; `python -m effnetv2_jax.predict` runs
+    effnetv2_jax/predict_cli.py; importing `effnetv2_jax.predict` as a module refuses (it would
+    rebind the package's function to a module) and leaves the function in place."""
+    with pytest.raises(ImportError, match="effnetv2_jax.predict_cli"):
+        importlib.import_module("effnetv2_jax.predict")
+    assert effnetv2_jax.predict is inference.predict
+    from effnetv2_jax import predict
 
     loaded = inference.load_checkpoint(str(trained[0]))
-    result = predict_module(loaded, [skimage.data.coffee()], top_k=1)
-    assert result.names[0][0] in DIGITS
+    assert predict(loaded, [skimage.data.coffee()], top_k=1).names[0][0] in DIGITS
+    # the command runs predict_cli.main: reads the image, then reports the missing checkpoint
+    Image.fromarray(skimage.data.coffee()).save(tmp_path / "coffee.png")
+    run = subprocess.run([sys.executable, "-m", "effnetv2_jax.predict", "--checkpoint",
+                          str(tmp_path / "missing"), str(tmp_path / "coffee.png")],
+                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert run.returncode == 2 and "error: cannot load checkpoint" in run.stderr, run.stderr
 
 
 def test_package_exports():
     assert effnetv2_jax.load_checkpoint is inference.load_checkpoint
-    assert effnetv2_jax.predict is inference.predict or callable(effnetv2_jax.predict)
+    assert effnetv2_jax.predict is inference.predict
 
 
 def test_imagenet_class_names():
