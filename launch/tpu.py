@@ -12,7 +12,8 @@
                                           # slice and re-run train, until the run finishes
     python launch/tpu.py delete $T
 
-Every subcommand takes --dry-run: it prints the exact gcloud commands instead of running them.
+Every subcommand takes the slice's flags ($T; --spot and --preemptible matter to create and
+watch only) and --dry-run, which prints the exact gcloud commands instead of running them.
 All options are checked before the first gcloud call, and `create`, `train` and `watch` first
 compile every step of the config for the accelerator on this machine (`python -m
 effnetv2_jax.main --mode=compile`, libtpu, no TPU) and stop if one does not fit
