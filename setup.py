@@ -55,6 +55,16 @@ NOTEBOOKS = ["nbclient>=0.11.0", "nbformat>=5.11.1", "ipykernel>=7.4.0", *PLOTS,
 # Linux x86-64 wheels only.
 TPU = [f"jax[tpu]>=0.10.2; {_LINUX_X86}"]
 GPU = ["jax[cuda12]>=0.10.2; sys_platform == 'linux'"]
+# Every tool is `python -m effnetv2_jax.<tool>`; these console scripts run the same functions.
+CONSOLE_SCRIPTS = [
+    "effnetv2-train = effnetv2_jax.main:run",
+    "effnetv2-predict = effnetv2_jax.predict_cli:main",
+    "effnetv2-describe = effnetv2_jax.describe:main",
+    "effnetv2-convert = effnetv2_jax.convert.__main__:main",
+    "effnetv2-export = effnetv2_jax.export.__main__:main",
+    "effnetv2-nas = effnetv2_jax.nas.__main__:run",
+    "effnetv2-scaling = effnetv2_jax.scaling.__main__:main",
+]
 # The tests cover every extra but the GPU's: the TPU compile checks use libtpu's compiler on CPU.
 TEST = ["pytest>=9.2.0", "pytest-xdist>=3.8.0", "hypothesis>=6.170.17", *QUICKSTART, *CONVERT,
         *NOTEBOOKS, *TPU]
@@ -70,6 +80,7 @@ setup(
     packages=find_packages(include=["effnetv2_jax", "effnetv2_jax.*"]),
     package_data={"effnetv2_jax": ["imagenet_classes.txt", "models/cpu_kernels.cc"]},
     install_requires=INSTALL_REQUIRES,
+    entry_points={"console_scripts": CONSOLE_SCRIPTS},
     extras_require={
         "data": DATA,
         "cpu": CPU,

@@ -73,6 +73,14 @@ def main(argv):
         print(" ".join(f"{k}={v:.4f}" for k, v in sorted(results.items())))
 
 
+def run() -> None:
+    """The `effnetv2-train` console script (setup.py): `python -m effnetv2_jax.main` under
+    another name, with the same process set-up first."""
+    if not _COMPILING:  # compiling runs no XLA:CPU step
+        allocator.restart()
+    app.run(main, flags_parser=config_check.parse_flags)
+
+
 if __name__ == "__main__":
     # An unknown --config.KEY or recipe key: one line naming it and the closest valid keys.
     app.run(main, flags_parser=config_check.parse_flags)

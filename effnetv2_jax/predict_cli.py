@@ -96,6 +96,3 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(paths, predictions))
     return 1 if failed else 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

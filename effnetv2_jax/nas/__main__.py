@@ -41,5 +41,11 @@ def main(argv):
         print(f"plot:        {os.path.join(result.workdir, 'pareto.png')}")
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The `effnetv2-nas` console script (setup.py): `python -m effnetv2_jax.nas` under another
+    name."""
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -25,9 +25,22 @@ from effnetv2_jax.models.counting import count_flops, count_params
 from effnetv2_jax.scaling import compound, configs, grid_search, v2_rule
 
 
+HELP_FLAGS = ("-h", "--help", "-?", "--helpshort", "--helpfull")
+
+
 def parse_flags(argv: list[str]) -> flags.FlagValues:
     """The command line's flags, parsed into their own FlagValues (so tests and notebooks can
     call `main` with any argv, next to other absl programs)."""
+    f = define_flags(argv)
+    flags.mark_flags_as_required(["base"], flag_values=f)
+    rest = f(argv)
+    if len(rest) > 1:
+        raise flags.Error(f"unexpected arguments: {rest[1:]}")
+    return f
+
+
+def define_flags(argv: list[str]) -> flags.FlagValues:
+    """The command line's flags, defined in their own FlagValues and not parsed yet."""
     f = flags.FlagValues()
     config_flags.DEFINE_config_file("base", None, "Training config of the base network.",
                                     flag_values=f, lock_config=True, sys_argv=argv)
@@ -64,10 +77,6 @@ def parse_flags(argv: list[str]) -> flags.FlagValues:
                        flag_values=f)
     flags.DEFINE_float("tolerance", 0.1, "Grid search: allowed |factor - target|.",
                        flag_values=f)
-    flags.mark_flags_as_required(["base"], flag_values=f)
-    rest = f(argv)
-    if len(rest) > 1:
-        raise flags.Error(f"unexpected arguments: {rest[1:]}")
     return f
 
 
@@ -197,6 +206,9 @@ def search(f, config) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv if argv is None else argv
+    if any(arg in HELP_FLAGS for arg in argv[1:]):
+        print(f"{__doc__}\nflags:\n{define_flags(argv).get_help(include_special_flags=False)}")
+        return 0
     try:
         f = parse_flags(argv)
     except flags.Error as error:
