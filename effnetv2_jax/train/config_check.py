@@ -20,6 +20,7 @@ attribute methods, not on its internals' local names or message texts.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import sys
 import types
@@ -233,4 +234,4 @@ def _program(argv: Sequence[str]) -> str:
     spec = getattr(main, "__spec__", None) if isinstance(main, types.ModuleType) else None
     if spec is not None and spec.name:
         return spec.name.removesuffix(".__main__")
-    return argv[0] if argv else "effnetv2_jax"
+    return os.path.basename(argv[0]) if argv else "effnetv2_jax"   # a console script
