@@ -8,6 +8,7 @@ inserting `--skip-compile-check` right after the subcommand (appending it would 
 a `--` among the config overrides); test_tpu_launcher.py tests the check itself.
 """
 
+import os
 import shlex
 import textwrap
 from pathlib import Path
@@ -17,7 +18,23 @@ import tpu
 from doc_commands import Command, DocCommandError, launcher_commands
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DOCS = ("README.md", "launch/README.md")
+
+
+def _docs() -> tuple[str, ...]:
+    """README.md, launch/README.md, and any other Markdown file of the repository that
+    mentions the launcher (so a new guide is covered too)."""
+    found = {"README.md", "launch/README.md"}
+    for root, dirs, files in os.walk(REPO_ROOT):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("build", "dist")
+                   and not d.endswith(".egg-info")]
+        for name in files:
+            path = Path(root) / name
+            if name.endswith(".md") and "launch/tpu.py" in path.read_text(errors="replace"):
+                found.add(str(path.relative_to(REPO_ROOT)))
+    return tuple(sorted(found))
+
+
+DOCS = _docs()
 # The workflow the docs walk through, from creating the slice to deleting it.
 WORKFLOW = {"create", "setup", "train", "logs", "status", "watch", "delete"}
 
@@ -39,10 +56,11 @@ def test_the_docs_walk_through_the_whole_workflow():
     assert not missing, f"no documented launcher command for: {', '.join(sorted(missing))}"
 
 
-@pytest.mark.parametrize("doc", DOCS)
-def test_each_documented_command_parses_for_its_subcommand(doc, capsys):
+def parse_failures(commands: list[Command], capsys) -> list[str]:
+    """A message (file, block, line, argparse's error) for each command that does not parse
+    for the subcommand it names."""
     failures = []
-    for command in launcher_commands(REPO_ROOT / doc, doc):
+    for command in commands:
         try:
             args = tpu.build_parser().parse_args(list(command.argv))
         except SystemExit:
@@ -50,16 +68,16 @@ def test_each_documented_command_parses_for_its_subcommand(doc, capsys):
             continue
         if args.command != command.subcommand:
             failures.append(f"{command.where()}\n  parsed as {args.command!r}")
-    assert not failures, "documented launcher commands that do not parse:\n" + \
-        "\n".join(failures)
+    return failures
 
 
-@pytest.mark.parametrize("doc", DOCS)
-def test_each_documented_command_runs_against_the_fake_gcloud(doc, fake_gcloud, capsys):
+def run_failures(commands: list[Command], fake_gcloud, capsys) -> list[str]:
+    """A message for each command that exits non-zero, calls no gcloud, or takes --queued
+    without calling queued-resources; run in order against the fake gcloud."""
     # `watch` stops at its first look when worker 0 says the run has finished.
     fake_gcloud.set_replies(describe=["ACTIVE"], probe=["finished"])
     failures = []
-    for command in launcher_commands(REPO_ROOT / doc, doc):
+    for command in commands:
         before = len(fake_gcloud.calls())
         try:
             code = tpu.main(as_run(command))
@@ -74,7 +92,41 @@ def test_each_documented_command_runs_against_the_fake_gcloud(doc, fake_gcloud, 
         elif "--queued" in command.argv and command.subcommand in ("create", "status", "delete"):
             if not any(c[2] == "queued-resources" for c in calls):
                 failures.append(f"{command.where()}\n  --queued but no queued-resources call")
+    return failures
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_each_documented_command_parses_for_its_subcommand(doc, capsys):
+    failures = parse_failures(launcher_commands(REPO_ROOT / doc, doc), capsys)
+    assert not failures, "documented launcher commands that do not parse:\n" + \
+        "\n".join(failures)
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_each_documented_command_runs_against_the_fake_gcloud(doc, fake_gcloud, capsys):
+    failures = run_failures(launcher_commands(REPO_ROOT / doc, doc), fake_gcloud, capsys)
     assert not failures, "documented launcher commands that fail:\n" + "\n".join(failures)
+
+
+def test_a_broken_documented_command_is_reported_with_its_place(tmp_path, fake_gcloud, capsys):
+    doc = tmp_path / "DOC.md"
+    doc.write_text("# Guide\n\n```bash\nT=\"--project=p --zone=us-central2-b\"\n"
+                   "python launch/tpu.py status $T\n"
+                   "python launch/tpu.py logs $T --lines=ten\n"
+                   "python launch/tpu.py train $T --workdir=gs://b/r\n```\n")
+    commands = launcher_commands(doc, "DOC.md")
+    [failure] = parse_failures(commands, capsys)
+    assert failure.startswith("DOC.md, shell block 1 (opens at line 3), line 6: "
+                              "python launch/tpu.py logs $T --lines=ten\n")
+    assert "argument --lines: invalid int value: 'ten'" in failure
+    failures = run_failures(commands, fake_gcloud, capsys)
+    assert [f.split("\n")[0] for f in failures] == [
+        "DOC.md, shell block 1 (opens at line 3), line 6: python launch/tpu.py logs $T "
+        "--lines=ten",
+        "DOC.md, shell block 1 (opens at line 3), line 7: python launch/tpu.py train $T "
+        "--workdir=gs://b/r"]
+    assert "invalid int value: 'ten'" in failures[0]
+    assert "train needs --accelerator-type" in failures[1]
 
 
 # --- the extraction itself --------------------------------------------------------------------
