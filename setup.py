@@ -38,7 +38,8 @@ DATA = [
     "importlib_resources>=7.1.0",     # TFDS dataset builders need it
     "tensorboard>=2.21.0",            # clu.metric_writers needs it
 ]
-# mimalloc for XLA:CPU's step buffers (effnetv2_jax/allocator.py; without it glibc's huge pages).
+# mimalloc for XLA:CPU's step buffers (effnetv2_jax/cpu/allocator.py; without it glibc's huge
+# pages).
 CPU = ["cmeel-mimalloc>=3.4.3; sys_platform == 'linux'"]
 PLOTS = ["matplotlib>=3.11.2"]
 # The quickstart (configs/quickstart.py): scikit-learn ships its real digits images, matplotlib
@@ -78,7 +79,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     packages=find_packages(include=["effnetv2_jax", "effnetv2_jax.*"]),
-    package_data={"effnetv2_jax": ["imagenet_classes.txt", "models/cpu_kernels.cc"]},
+    package_data={"effnetv2_jax": ["imagenet_classes.txt", "cpu/kernels.cc"]},
     install_requires=INSTALL_REQUIRES,
     entry_points={"console_scripts": CONSOLE_SCRIPTS},
     extras_require={

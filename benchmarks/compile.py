@@ -33,7 +33,7 @@ from pathlib import Path
 
 from step_harness import RESULTS, bar_chart, load1, load_line, write_csv
 
-from effnetv2_jax import allocator
+from effnetv2_jax import cpu
 
 QUICK_BLOCKS = ("r1_k3_s1_e1_i8_o8_c1", "r1_k3_s2_e4_i8_o16_se0.25")
 
@@ -142,5 +142,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    allocator.restart()  # as effnetv2_jax.main does
+    cpu.configure_process()  # XLA:CPU flags and allocator, as effnetv2_jax.main
     main()

@@ -1,11 +1,11 @@
-"""Benchmark the "xla" and "cpu" convolution paths of `effnetv2_jax.models.conv_ops`.
+"""Benchmark the convolutions of the "xla" and "cpu" ops (`effnetv2_jax.models.ops`).
 
 For EfficientNetV2-S layer shapes (batch 32, 128 px training resolution) it times, per
 impl, the forward and the forward+backward (output, d/dx and d/dkernel for a random
 cotangent) and reports GFLOP/s (FLOPs = 2 * MACs; forward+backward = 3x the forward).
 Optionally it also times a whole EfficientNetV2-S SGD train step with each impl. On one
 device, "cpu" runs the 3x3 stride-1 convs with 48 and 64 input channels by Winograd
-(`models/winograd.py`); the last row is stage 2's such conv at 224 px (eval resolution).
+(`cpu/winograd.py`); the last row is stage 2's such conv at 224 px (eval resolution).
 
     python benchmarks/convs.py                 # full run, results in benchmarks/results/
     python benchmarks/convs.py --quick         # smoke run: small batch, few repeats
@@ -35,8 +35,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from effnetv2_jax import allocator  # noqa: E402
-from effnetv2_jax.models import conv_ops  # noqa: E402
+from effnetv2_jax import cpu  # noqa: E402
+from effnetv2_jax.models.ops import ops_for  # noqa: E402
 
 IMPLS = ("xla", "cpu")
 
@@ -125,10 +125,11 @@ def _interleaved_medians(cases, repeats):
 
 
 def make_fns(layer, impl):
-    op = conv_ops.depthwise_conv2d if layer.kind == "depthwise" else conv_ops.conv2d
+    ops = ops_for(impl)
+    op = ops.depthwise_conv if layer.kind == "depthwise" else ops.conv
 
     def forward(x, w):
-        return op(x, w, layer.stride, impl)
+        return op(x, w, layer.stride)
 
     def forward_backward(x, w, dy):
         y, vjp = jax.vjp(forward, x, w)
@@ -355,5 +356,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    allocator.restart()  # as effnetv2_jax.main does
+    cpu.configure_process()  # XLA:CPU flags and allocator, as effnetv2_jax.main
     main()

@@ -42,7 +42,7 @@ from flax import nnx  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import effnetv2_jax  # noqa: E402
-from effnetv2_jax import inference  # noqa: E402
+from effnetv2_jax import cpu, inference  # noqa: E402
 from effnetv2_jax.convert.writer import (checkpoint_metadata, random_weights,  # noqa: E402
                                          write_checkpoint)
 from effnetv2_jax.export import (EXPORT_CONV_IMPL, export_checkpoint,  # noqa: E402
@@ -262,4 +262,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    cpu.configure_process(restart_allocator=False)  # XLA:CPU flags, as the CLIs
     sys.exit(main())

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 
 from step_harness import RESULTS, bar_chart, load_line, memory_summary, write_csv
 
+from effnetv2_jax import cpu
 from effnetv2_jax.models.factory import abstract_model
 from effnetv2_jax.train import progressive
 from effnetv2_jax.train.optim import make_optimizer
@@ -140,4 +141,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    cpu.configure_process(restart_allocator=False)  # XLA:CPU flags, as the CLIs
     main()

@@ -29,7 +29,7 @@ import jax
 from step_harness import (RESULTS, bar_chart, compile_eval, compile_train_step, eval_runner,
                      load_line, train_runner, write_csv)
 
-from effnetv2_jax import allocator
+from effnetv2_jax import cpu
 
 _INSTR = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?metadata=\{([^}]*)\}")
 _FIELD = re.compile(r'(\w+)="?([^" ]*)"?')
@@ -157,5 +157,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    allocator.restart()  # as effnetv2_jax.main does
+    cpu.configure_process()  # XLA:CPU flags and allocator, as effnetv2_jax.main
     main()

@@ -28,7 +28,7 @@ import jax
 from step_harness import (RESULTS, bar_chart, compile_train_step, load1, load_line, median,
                      write_csv)
 
-from effnetv2_jax import allocator
+from effnetv2_jax import cpu
 from effnetv2_jax.train import progressive
 
 
@@ -121,5 +121,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    allocator.restart()  # as effnetv2_jax.main does
+    cpu.configure_process()  # XLA:CPU flags and allocator, as effnetv2_jax.main
     main()

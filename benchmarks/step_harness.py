@@ -54,7 +54,7 @@ def matmul_peaks(dtype="float32", size: int = 2048, repeats: int = 5) -> dict[st
     """Measured FLOP/s of a [size, size] @ [size, size] matmul (median of `repeats`): jax's
     jitted one and, on the CPU backend in float32, numpy's BLAS, one after the other (not
     alternating: OpenBLAS's threads spin after each call and would slow XLA's). XLA:CPU's
-    own GEMM (as this package configures it, `xla_cpu_flags.py`) reaches ~134 GFLOP/s on this
+    own GEMM (as the entry points configure it, `cpu/xla_flags.py`) reaches ~134 GFLOP/s on this
     2-core machine where OpenBLAS (and torch) reach ~180, so the machine's ceiling is the
     higher of the two."""
     a = jnp.asarray(np.random.default_rng(0).standard_normal((size, size)), dtype)

@@ -17,7 +17,7 @@ images/s, model FLOPs per image (2 x multiply-adds x 3 for forward + backward, f
 measured in the same run (the faster of jax's and, on the CPU, numpy's BLAS: XLA:CPU's GEMM is
 the slower here; the CSV also has the ratio to jax's alone), and XLA's peak memory for the step
 (arguments + outputs + temporaries - donated). Model FLOPs count direct convs: the cpu impl's
-Winograd 3x3 convs (`effnetv2_jax/models/winograd.py`) do 4x fewer multiply-adds in their GEMMs,
+Winograd 3x3 convs (`effnetv2_jax/cpu/winograd.py`) do 4x fewer multiply-adds in their GEMMs,
 so its achieved FLOP/s is an effective rate.
 Writes results/train_step.csv and results/train_step.png (or `--name`).
 """
@@ -33,7 +33,7 @@ from step_harness import (OPTIMIZERS, RESULTS, alternate, bar_chart, compile_eva
                           compile_train_step, eval_runner, load1, load_line, matmul_peaks, median,
                           train_runner, write_csv)
 
-from effnetv2_jax import allocator
+from effnetv2_jax import cpu
 
 
 def measure(args) -> list[dict]:
@@ -127,5 +127,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    allocator.restart()  # as effnetv2_jax.main does
+    cpu.configure_process()  # XLA:CPU flags and allocator, as effnetv2_jax.main
     main()

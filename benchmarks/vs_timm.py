@@ -4,7 +4,7 @@ Two workloads, each timed for both libraries with the runs alternating (ours, ti
 so that both see the same background load. timm runs in a process of its own, as its users run
 it, driven over a pipe (in one process, each library's freed memory and idle threads slowed the
 other's next step: ours by up to 1 s). Where this script restarted with another allocator, as
-`effnetv2_jax.main` does (`effnetv2_jax/allocator.py`: mimalloc, or glibc's huge pages), timm
+`effnetv2_jax.main` does (`effnetv2_jax/cpu/allocator.py`: mimalloc, or glibc's huge pages), timm
 runs twice: "timm" with glibc's defaults, as shipped, and "timm_mimalloc" (or "timm_huge_pages")
 with the same allocator as ours, so that the comparison with equal allocators is printed beside
 it. Each timed run follows an untimed one of the same library
@@ -27,7 +27,7 @@ Prints each median, images/s and the ratio ours / timm in images/s (> 1: we are 
 both sides' model FLOP/s against the machine's matmul peak, measured in the same run (the
 fastest [2048, 2048] float32 matmul of jax, numpy's BLAS and torch): what a target ratio would
 ask of the hardware. Model FLOPs count every conv as a direct conv; our cpu impl computes the
-3x3 stride-1 convs of the fused stages by Winograd (`effnetv2_jax/models/winograd.py`) with
+3x3 stride-1 convs of the fused stages by Winograd (`effnetv2_jax/cpu/winograd.py`) with
 4x fewer multiply-adds in their GEMMs, so our "of peak" can near or pass 100% and the
 "would need" line is no longer a bound for us.
 """
@@ -54,7 +54,8 @@ from step_harness import (OPTIMIZERS, RESULTS, alternate, bar_chart, compile_eva
                      compile_train_step, eval_runner, load1, load_line, matmul_peak, median,
                      train_runner, write_csv)
 
-from effnetv2_jax import allocator  # noqa: E402
+from effnetv2_jax import cpu  # noqa: E402
+from effnetv2_jax.cpu import allocator  # noqa: E402
 
 # Issue #9's targets on the CPU, ours / timm in images/s.
 TARGETS = {"train": 1.25, "eval": 1.5}
@@ -302,5 +303,5 @@ def _compare(args, timm: dict[str, TimmProcess]) -> None:
 
 
 if __name__ == "__main__":
-    allocator.restart()  # as effnetv2_jax.main does
+    cpu.configure_process()  # XLA:CPU flags and allocator, as effnetv2_jax.main
     main()

@@ -4,18 +4,50 @@
     >>> model = effnetv2_jax.create_model("efficientnetv2-s", num_classes=1000)
     >>> effnetv2_jax.count_params("efficientnetv2-s")["trainable"]
     21458488
+
+Importing the package changes nothing in the process (no environment variables, no XLA flags)
+and imports JAX only when a name below is first used, so command lines answer `--help` at
+once. Process-wide settings belong to entry points: `effnetv2_jax.cpu.configure_process()`.
 """
 
-from effnetv2_jax import xla_cpu_flags
+from __future__ import annotations
 
-xla_cpu_flags.apply()  # before anything below imports JAX; see xla_cpu_flags.py
-
-from effnetv2_jax.models import (ArchConfig, BlockSpec, ConvType, EfficientNet,  # noqa: E402
-                                 Preprocessing, Variant, abstract_model, count_flops,
-                                 count_params, create_model, decode, encode, get_variant,
-                                 list_models, register)
-
-from effnetv2_jax.inference import (LoadedModel, Predictions, load_checkpoint,  # noqa: E402
-                                    predict)
+import importlib
+import importlib.util
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+# The public API: name -> the module that defines it, imported on first use.
+_EXPORTS = {
+    **dict.fromkeys(("ArchConfig", "BlockSpec", "ConvType", "EfficientNet", "Preprocessing",
+                     "Variant", "abstract_model", "count_flops", "count_params", "create_model",
+                     "decode", "encode", "get_variant", "list_models", "register"),
+                    "effnetv2_jax.models"),
+    **dict.fromkeys(("LoadedModel", "Predictions", "load_checkpoint", "predict"),
+                    "effnetv2_jax.inference"),
+}
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from effnetv2_jax.inference import LoadedModel, Predictions, load_checkpoint, predict
+    from effnetv2_jax.models import (ArchConfig, BlockSpec, ConvType, EfficientNet,
+                                     Preprocessing, Variant, abstract_model, count_flops,
+                                     count_params, create_model, decode, encode, get_variant,
+                                     list_models, register)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+    elif not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}"):
+        value = importlib.import_module(f"{__name__}.{name}")  # a subpackage: effnetv2_jax.models
+    else:
+        raise AttributeError(f"module 'effnetv2_jax' has no attribute {name!r}")
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -12,8 +12,6 @@ import sys
 
 from effnetv2_jax.models.arch import resolve_arch
 from effnetv2_jax.models.block_spec import ConvType
-from effnetv2_jax.models.counting import arch_macs, count_params
-from effnetv2_jax.models.factory import resolve_model_args
 from effnetv2_jax.models.variants import list_models
 
 
@@ -48,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print("\n".join(list_models()))
         return 0
+    # Imported after parsing: they import JAX, which --help and --list do not need.
+    from effnetv2_jax.models.counting import arch_macs, count_params  # noqa: PLC0415
+    from effnetv2_jax.models.factory import resolve_model_args  # noqa: PLC0415
+
     overrides = {k: v for k, v in (("width", args.width), ("depth", args.depth)) if v is not None}
     try:
         arch, variant = resolve_model_args(args.model, overrides)

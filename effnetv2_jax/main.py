@@ -2,8 +2,9 @@
 
 Kept short on purpose: flags in, `train_and_evaluate` / `evaluate` / `compile_check` out. On a
 CPU host the command first restarts itself once with mimalloc preloaded, so that XLA's step
-buffers are reused instead of faulted in again each step (`allocator.py`;
-EFFNETV2_JAX_ALLOCATOR=system turns it off). Override any config key with `--config.key=value`
+buffers are reused instead of faulted in again each step (`cpu/allocator.py`;
+EFFNETV2_JAX_ALLOCATOR=system turns it off), and sets the XLA:CPU flags (`cpu/xla_flags.py`;
+EFFNETV2_JAX_KEEP_XLA_FLAGS=1 turns them off). Override any config key with `--config.key=value`
 (e.g. `--config.train.global_batch_size=256`); an unknown key or a value of the wrong type stops
 here, before anything is built. Running the same command again in the same workdir resumes from
 its latest checkpoint.
@@ -19,15 +20,15 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from effnetv2_jax import allocator
+from effnetv2_jax import cpu
 from effnetv2_jax.train import config_check
 
 _MODES = ("train", "eval", "train_and_eval", "compile")
 
 _COMPILING = "--mode=compile" in sys.argv or any(
     a == "--mode" and b == "compile" for a, b in zip(sys.argv, sys.argv[1:]))
-if __name__ == "__main__" and not _COMPILING:  # compiling runs no XLA:CPU step
-    allocator.restart()  # before the imports below take seconds and start threads
+if __name__ == "__main__":  # before the imports below take seconds and start threads
+    cpu.configure_process(restart_allocator=not _COMPILING)  # compiling runs no XLA:CPU step
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
                                           lock_config=True)
@@ -76,8 +77,7 @@ def main(argv):
 def run() -> None:
     """The `effnetv2-train` console script (setup.py): `python -m effnetv2_jax.main` under
     another name, with the same process set-up first."""
-    if not _COMPILING:  # compiling runs no XLA:CPU step
-        allocator.restart()
+    cpu.configure_process(restart_allocator=not _COMPILING)
     app.run(main, flags_parser=config_check.parse_flags)
 
 

@@ -71,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.top_k < 1:
         parser.error(f"--top-k must be >= 1, got {args.top_k}")
-    from effnetv2_jax import inference  # noqa: PLC0415 (after parsing: --help needs no JAX)
+    from effnetv2_jax import cpu, inference  # noqa: PLC0415 (after parsing: --help needs no JAX)
+
+    cpu.configure_process(restart_allocator=False)  # XLA:CPU flags (cpu/xla_flags.py)
 
     images, paths, failed = [], [], 0
     for path in args.images:

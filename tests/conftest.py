@@ -7,6 +7,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("JAX_NUM_CPU_DEVICES", "4")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from effnetv2_jax.cpu import xla_flags  # noqa: E402
+
+# The suite runs as the entry points do, with their XLA:CPU flags (set before JAX starts; the
+# processes tests start inherit them).
+xla_flags.apply()
+
 from hypothesis import settings  # noqa: E402
 
 from effnetv2_jax.train import topology  # noqa: E402

@@ -10,10 +10,9 @@ import pytest
 from flax import nnx
 
 import effnetv2_jax
-from effnetv2_jax.models import conv_ops
-from effnetv2_jax.models.arch import resolve_arch
-from effnetv2_jax.models.layers import (BatchNorm, drop_path, gate_channels,
-                                        spatial_sum_by_halving)
+from effnetv2_jax.models import ops
+from effnetv2_jax.models.arch import ACTIVATION_NAMES, resolve_arch
+from effnetv2_jax.models.layers import ACTIVATIONS, BatchNorm, drop_path
 
 # One block per stage except the last, covering Fused e1 (residual), Fused e4, MBConv + SE and an
 # MBConv residual; 32-64 px keeps every compile to a few seconds.
@@ -262,30 +261,6 @@ def test_cpu_and_xla_convolutions_give_the_same_model():
         np.testing.assert_allclose(a, b, atol=1e-4 * max(1.0, float(np.abs(a).max())))
 
 
-@pytest.mark.parametrize("shape", [(2, 1, 1, 3), (2, 3, 5, 4), (2, 7, 7, 8), (1, 8, 8, 2)])
-def test_spatial_sum_by_halving_is_the_spatial_sum(shape):
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    np.testing.assert_allclose(jax.jit(spatial_sum_by_halving)(x), x.sum(axis=(1, 2)),
-                               rtol=1e-5, atol=1e-5)
-    low = jax.jit(spatial_sum_by_halving)(jnp.asarray(x, jnp.bfloat16))
-    assert low.dtype == jnp.float32 and low.shape == (shape[0], shape[3])
-
-
-def test_gate_channels_gradients_equal_autodiff():
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((2, 5, 3, 4)).astype(np.float32)
-    gate = rng.uniform(0.1, 0.9, (2, 4)).astype(np.float32)
-    cot = rng.standard_normal(x.shape).astype(np.float32)
-
-    def grads(fn):
-        return jax.jit(jax.grad(lambda x, g: jnp.sum(fn(x, g) * cot), argnums=(0, 1)))(x, gate)
-
-    ours, plain = grads(gate_channels), grads(lambda x, g: x * g[:, None, None, :])
-    for a, b in zip(ours, plain):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
-    assert float(np.abs(ours[1]).max()) > 1e-2
-
-
 def test_create_model_overrides_and_errors():
     model = effnetv2_jax.abstract_model("efficientnet-b0", num_classes=5, width=0.5, depth=0.5,
                                         activation="relu", dropout_rate=0.1)
@@ -316,5 +291,10 @@ def test_headless_model_returns_pooled_features():
 
 
 def test_default_conv_impl_follows_the_backend():
-    assert conv_ops.default_conv_impl() == ("cpu" if jax.default_backend() == "cpu" else "xla")
-    assert tiny().conv_impl == conv_ops.default_conv_impl()
+    assert ops.default_conv_impl() == ("cpu" if jax.default_backend() == "cpu" else "xla")
+    assert tiny().conv_impl == ops.default_conv_impl()
+    assert tiny().ops == ops.ops_for(ops.default_conv_impl())
+
+
+def test_architectures_name_the_activations_the_layers_compute():
+    assert ACTIVATION_NAMES == tuple(ACTIVATIONS)  # arch.py validates names without JAX

@@ -9,8 +9,10 @@ checkpoints are read with TensorFlow, `.safetensors` with the small `safetensors
 with torch (`pip install 'effnetv2_jax[convert]'`), Keras files with h5py.
 """
 
-from effnetv2_jax.convert.common import ConversionError
-from effnetv2_jax.convert.pipeline import SOURCES, ConversionReport, convert
-from effnetv2_jax.convert.writer import write_model
+from effnetv2_jax._extras import lazy_exports
 
-__all__ = ["SOURCES", "ConversionError", "ConversionReport", "convert", "write_model"]
+# Imported on first use (PEP 562): `python -m effnetv2_jax.convert --help` needs no JAX.
+_EXPORTS = {"SOURCES": "common", "ConversionError": "common", "ConversionReport": "pipeline",
+            "convert": "pipeline", "write_model": "writer"}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from effnetv2_jax.convert.common import ConversionError
-from effnetv2_jax.convert.pipeline import SOURCES, convert
+from effnetv2_jax import cpu
+from effnetv2_jax.convert.common import SOURCES, ConversionError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace checkpoints already in --output")
     args = parser.parse_args(argv)
+    from effnetv2_jax.convert.pipeline import convert  # noqa: PLC0415 - imports JAX
+
     try:
         report = convert(args.source, args.model, args.input, args.output,
                          num_classes=args.num_classes, new_head=args.new_head,
@@ -51,4 +53,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    cpu.configure_process(restart_allocator=False)  # XLA:CPU flags (cpu/xla_flags.py)
     sys.exit(main())

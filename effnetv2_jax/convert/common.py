@@ -17,6 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
+SOURCES = ("tf1", "timm", "keras")  # the weight formats, one converter module each
 _SHOWN = 25  # offenders listed per category; the count of the rest follows
 
 

@@ -23,7 +23,7 @@ from effnetv2_jax.models.factory import abstract_model
 from effnetv2_jax.models.layers import Dense
 from effnetv2_jax.models.variants import get_variant
 
-SOURCES = ("tf1", "timm", "keras")
+SOURCES = common.SOURCES
 CLASSIFIER_LEAVES = ("classifier.kernel", "classifier.bias")
 
 

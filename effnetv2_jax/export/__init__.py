@@ -10,13 +10,15 @@
 TensorFlow is imported only by the SavedModel and TFLite paths.
 """
 
-from effnetv2_jax.export.from_checkpoint import (FORMATS, PLATFORMS, ExportReport,
-                                                 check_request, export_checkpoint,
-                                                 export_loaded, parse_batch)
-from effnetv2_jax.export.inference_fn import (EXPORT_CONV_IMPL, InferenceFunction,
-                                              inference_function)
-from effnetv2_jax.export.jax_export import export_function, load_jax_export, write_jax_export
+from effnetv2_jax._extras import lazy_exports
 
-__all__ = ["EXPORT_CONV_IMPL", "FORMATS", "PLATFORMS", "ExportReport", "InferenceFunction",
-           "check_request", "export_checkpoint", "export_function", "export_loaded",
-           "inference_function", "load_jax_export", "parse_batch", "write_jax_export"]
+# Imported on first use (PEP 562): `python -m effnetv2_jax.export --help` needs no JAX.
+_EXPORTS = {
+    **dict.fromkeys(("FORMATS", "PLATFORMS", "ExportReport", "check_request", "export_checkpoint",
+                     "export_loaded", "parse_batch"), "from_checkpoint"),
+    **dict.fromkeys(("EXPORT_CONV_IMPL", "InferenceFunction", "inference_function"),
+                    "inference_fn"),
+    **dict.fromkeys(("export_function", "load_jax_export", "write_jax_export"), "jax_export"),
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -13,6 +13,8 @@ import argparse
 import os
 import sys
 
+from effnetv2_jax import cpu
+
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
@@ -67,4 +69,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    cpu.configure_process(restart_allocator=False)  # XLA:CPU flags (cpu/xla_flags.py)
     sys.exit(main())

@@ -24,9 +24,12 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from effnetv2_jax._extras import require
-from effnetv2_jax.inference import LoadedModel, find_checkpoint, load_checkpoint
+
+if TYPE_CHECKING:  # the CLI's --help needs neither JAX nor the model
+    from effnetv2_jax.inference import LoadedModel
 
 FORMATS = ("savedmodel", "jax_export", "tflite")
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
@@ -275,6 +278,8 @@ def export_checkpoint(checkpoint: str, fmt: str, output: str, *, batch: int | No
     platforms = tuple(platforms)
     check_request(fmt, output, batch=batch, with_preprocessing=with_preprocessing,
                   quantize=quantize, top_k=top_k, platforms=platforms, overwrite=overwrite)
+    from effnetv2_jax.inference import find_checkpoint, load_checkpoint  # noqa: PLC0415
+
     find_checkpoint(checkpoint, step)  # a missing checkpoint fails before JAX builds anything
     from effnetv2_jax.export.inference_fn import EXPORT_CONV_IMPL
 

@@ -1,9 +1,21 @@
-"""EfficientNet V1 / V2 / Lite as Flax NNX modules, built from block-spec strings."""
+"""EfficientNet V1 / V2 / Lite as Flax NNX modules, built from block-spec strings.
 
-from effnetv2_jax.models.arch import ArchConfig, ResolvedArch, ResolvedBlock, resolve_arch
-from effnetv2_jax.models.block_spec import BlockSpec, ConvType, decode, decode_all, encode
-from effnetv2_jax.models.conv_ops import CONV_IMPLS, default_conv_impl
-from effnetv2_jax.models.counting import count_flops, count_params
-from effnetv2_jax.models.efficientnet import EfficientNet
-from effnetv2_jax.models.factory import abstract_model, create_model
-from effnetv2_jax.models.variants import Preprocessing, Variant, get_variant, list_models, register
+The architecture as data (block_spec, arch, rounding, variants) needs no JAX; the names below
+are imported on first use (PEP 562), so reading or counting an architecture's blocks imports only
+what it needs.
+"""
+
+from effnetv2_jax._extras import lazy_exports
+
+_EXPORTS = {
+    **dict.fromkeys(("ArchConfig", "ResolvedArch", "ResolvedBlock", "resolve_arch"), "arch"),
+    **dict.fromkeys(("BlockSpec", "ConvType", "decode", "decode_all", "encode"), "block_spec"),
+    **dict.fromkeys(("count_flops", "count_params"), "counting"),
+    "EfficientNet": "efficientnet",
+    **dict.fromkeys(("abstract_model", "create_model"), "factory"),
+    **dict.fromkeys(("CONV_IMPLS", "default_conv_impl"), "ops"),
+    **dict.fromkeys(("Preprocessing", "Variant", "get_variant", "list_models", "register"),
+                    "variants"),
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -13,9 +13,11 @@ import dataclasses
 from collections.abc import Sequence
 
 from effnetv2_jax.models.block_spec import BlockSpec, ConvType, decode_all
-from effnetv2_jax.models.layers import ACTIVATIONS
 from effnetv2_jax.models.rounding import ROUNDING_RULES, round_filters, round_repeats
 
+# The activations an architecture may name; `layers.ACTIVATIONS` computes them (the same names,
+# tested), so that reading an architecture needs no JAX.
+ACTIVATION_NAMES = ("silu", "swish", "relu", "relu6", "hard_swish", "gelu", "mish")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,9 +75,9 @@ class ArchConfig:
             raise ValueError(f"depth must be a positive number, got {self.depth!r}")
         if self.rounding not in ROUNDING_RULES:
             raise ValueError(f"rounding must be one of {ROUNDING_RULES}, got {self.rounding!r}")
-        if self.activation not in ACTIVATIONS:
+        if self.activation not in ACTIVATION_NAMES:
             raise ValueError(f"unknown activation {self.activation!r} "
-                             f"(valid: {', '.join(ACTIVATIONS)})")
+                             f"(valid: {', '.join(ACTIVATION_NAMES)})")
         if self.survival_prob is not None and not 0.0 < self.survival_prob <= 1.0:
             raise ValueError(f"survival_prob must be in (0, 1] or None, got {self.survival_prob!r}")
         if not 0.0 <= self.dropout_rate < 1.0:

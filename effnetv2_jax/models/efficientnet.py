@@ -16,10 +16,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from effnetv2_jax.models import conv_ops
 from effnetv2_jax.models.arch import ArchConfig, resolve_arch
 from effnetv2_jax.models.blocks import make_block
-from effnetv2_jax.models.layers import BatchNorm, Conv2D, Dense, spatial_mean
+from effnetv2_jax.models.layers import BatchNorm, Dense, LayerFactory
+from effnetv2_jax.models.ops import ops_for, resolve_conv_impl
 from effnetv2_jax.models.remat import remat_call
 
 
@@ -33,7 +33,9 @@ class EfficientNet(nnx.Module):
         [batch, head_channels] (after dropout in training).
       dtype: compute dtype (float32, or bfloat16 for mixed precision). Parameters and BN
         statistics stay float32; logits are returned in float32.
-      conv_impl: "xla" (reference; TPU/GPU), "cpu" (fast CPU path) or None/"auto" (by backend).
+      conv_impl: the ops the layers compute with (`models.ops`): "xla" (the reference; TPU,
+        GPU), "cpu" (XLA:CPU's faster forms, same numbers) or None/"auto" (by JAX's default
+        backend; training passes the impl for its devices' platform).
       remat: in training, recompute each block's activations in the backward pass instead of
         keeping them (`models.remat.remat_call` per block): about one more forward pass of
         compute for a peak memory of roughly the block inputs plus one block's activations
@@ -46,30 +48,27 @@ class EfficientNet(nnx.Module):
                  rngs: nnx.Rngs):
         if include_top and (not isinstance(num_classes, int) or num_classes < 1):
             raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-        conv_impl = conv_ops.resolve_conv_impl(conv_impl)
+        conv_impl = resolve_conv_impl(conv_impl)
         resolved = resolve_arch(arch)
         self.arch = arch
         self.resolved = resolved
         self.num_classes = num_classes if include_top else None
         self.dtype = dtype
         self.conv_impl = conv_impl
+        self.ops = ops_for(conv_impl)
         self.remat = bool(remat)
         self.dropout_rate = arch.dropout_rate
-        bn = dict(momentum=arch.bn_momentum, epsilon=arch.bn_epsilon, dtype=dtype)
+        layers = LayerFactory(self.ops, dtype, arch.bn_momentum, arch.bn_epsilon)
         stem_key, head_key, classifier_key, *block_keys = jax.random.split(
             rngs.params(), 3 + resolved.num_blocks)
 
-        self.stem_conv = Conv2D(3, resolved.stem_channels, 3, stride=2, impl=conv_impl,
-                                dtype=dtype, key=stem_key)
-        self.stem_bn = BatchNorm(resolved.stem_channels, **bn)
-        self.blocks = nnx.List([
-            make_block(b, activation=arch.activation, bn_momentum=arch.bn_momentum,
-                       bn_epsilon=arch.bn_epsilon, conv_impl=conv_impl, dtype=dtype, key=k)
-            for b, k in zip(resolved.blocks, block_keys)])
+        self.stem_conv = layers.conv(3, resolved.stem_channels, 3, stride=2, key=stem_key)
+        self.stem_bn = layers.batch_norm(resolved.stem_channels)
+        self.blocks = nnx.List([make_block(b, activation=arch.activation, layers=layers, key=k)
+                                for b, k in zip(resolved.blocks, block_keys)])
         last_channels = resolved.blocks[-1].out_channels
-        self.head_conv = Conv2D(last_channels, resolved.head_channels, 1, impl=conv_impl,
-                                dtype=dtype, key=head_key)
-        self.head_bn = BatchNorm(resolved.head_channels, **bn)
+        self.head_conv = layers.conv(last_channels, resolved.head_channels, 1, key=head_key)
+        self.head_bn = layers.batch_norm(resolved.head_channels)
         self.classifier = (Dense(resolved.head_channels, num_classes, dtype=dtype,
                                  key=classifier_key) if include_top else None)
         self._endpoint_blocks = tuple(resolved.endpoint_blocks())
@@ -123,7 +122,7 @@ class EfficientNet(nnx.Module):
                 endpoints[f"reduction_{reduction}"] = x
         x = self.head_bn(self.head_conv(x), **bn)
         endpoints["head"] = x
-        endpoints["pooled"] = spatial_mean(x, impl=self.conv_impl, train=train)
+        endpoints["pooled"] = self.ops.spatial_mean(x, train=train)
         return endpoints
 
     def __call__(self, images, *, train: bool = False, key: jax.Array | None = None,

@@ -43,7 +43,7 @@ def create_model(name_or_arch: str | ArchConfig, *, num_classes: int | None = No
       include_top: False returns pooled features [batch, num_features] instead of logits; use
         `model.extract_endpoints(x)` for the feature maps at strides 2-32.
       dtype: compute dtype, "float32" or "bfloat16" (parameters stay float32).
-      conv_impl: "xla", "cpu", or None for the backend's default (see `conv_ops`).
+      conv_impl: "xla", "cpu", or None for the backend's default (see `models.ops`).
       remat: recompute each block in the backward pass (less training memory, about a third
         more compute); config key `model.remat`.
       seed: parameter initialisation seed.

@@ -7,17 +7,20 @@ float32; `dtype` is the compute dtype (bfloat16 for mixed precision).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from effnetv2_jax.models import conv_ops, cpu_kernels
+from effnetv2_jax.models.ops import XLA, XlaOps
 
-# Official initialisers (reference section 2, "Initializers"): conv kernels N(0, sqrt(2/fan_out))
-# with fan_out = kh*kw*out (untruncated); dense U(-1/sqrt(classes), 1/sqrt(classes)).
+# Official initialisers (official `effnetv2_model.py`, `conv_kernel_initializer` and
+# `dense_kernel_initializer`): conv kernels N(0, sqrt(2/fan_out)) with fan_out = kh*kw*out
+# (untruncated); dense U(-1/sqrt(classes), 1/sqrt(classes)).
 conv_kernel_init = jax.nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 dense_kernel_init = jax.nn.initializers.variance_scaling(1.0 / 3.0, "fan_out", "uniform")
 
@@ -54,46 +57,47 @@ def get_activation(name: str):
 
 
 class Conv2D(nnx.Module):
-    """Dense k x k convolution, TF "SAME" padding, optional bias.
+    """Dense k x k convolution, TF "SAME" padding, optional bias, computed by `ops`.
 
     Call: [batch, height, width, in_channels] -> [batch, ceil(h/stride), ceil(w/stride), out].
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, *,
-                 stride: int = 1, use_bias: bool = False, impl: str = "xla",
+                 stride: int = 1, use_bias: bool = False, ops: XlaOps = XLA,
                  dtype=jnp.float32, key: jax.Array):
         self.kernel = nnx.Param(conv_kernel_init(
             key, (kernel_size, kernel_size, in_channels, out_channels), jnp.float32))
         self.bias = nnx.Param(jnp.zeros((out_channels,), jnp.float32)) if use_bias else None
         self.stride = stride
-        self.impl = impl
+        self.ops = ops
         self.dtype = dtype
 
     def __call__(self, x):
-        y = conv_ops.conv2d(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
-                            self.stride, self.impl)
+        y = self.ops.conv(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
+                          self.stride)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
         return y
 
 
 class DepthwiseConv2D(nnx.Module):
-    """Depthwise k x k convolution (depth multiplier 1), no bias, TF "SAME" padding.
+    """Depthwise k x k convolution (depth multiplier 1), no bias, TF "SAME" padding, computed by
+    `ops`.
 
     Call: [batch, height, width, channels] -> [batch, ceil(h/stride), ceil(w/stride), channels].
     """
 
-    def __init__(self, channels: int, kernel_size: int, *, stride: int = 1, impl: str = "xla",
-                 dtype=jnp.float32, key: jax.Array):
+    def __init__(self, channels: int, kernel_size: int, *, stride: int = 1,
+                 ops: XlaOps = XLA, dtype=jnp.float32, key: jax.Array):
         self.kernel = nnx.Param(depthwise_kernel_init(
             key, (kernel_size, kernel_size, 1, channels), jnp.float32))
         self.stride = stride
-        self.impl = impl
+        self.ops = ops
         self.dtype = dtype
 
     def __call__(self, x):
-        return conv_ops.depthwise_conv2d(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
-                                         self.stride, self.impl)
+        return self.ops.depthwise_conv(x.astype(self.dtype),
+                                       self.kernel[...].astype(self.dtype), self.stride)
 
 
 class BatchNorm(nnx.Module):
@@ -234,20 +238,19 @@ class SqueezeExcite(nnx.Module):
     """Squeeze-and-excitation: global mean -> 1x1 conv (bias) -> act -> 1x1 conv (bias) -> sigmoid.
 
     The kernels keep the conv layout [1, 1, in, out] of the official checkpoints; on a pooled
-    [batch, 1, 1, C] tensor they are plain matmuls, computed as such. `impl` is the model's conv
-    implementation: with "cpu" the pooling may use a C++ kernel (see `__call__`); with "xla"
-    (TPU, GPU, exported models) it is XLA code only.
+    [batch, 1, 1, C] tensor they are plain matmuls, computed as such. The pooling and the gate
+    are the model's `ops` (the CPU ops avoid XLA:CPU's one-thread reductions there).
     """
 
     def __init__(self, channels: int, squeeze_channels: int, *, activation: str,
-                 impl: str = "xla", dtype=jnp.float32, key: jax.Array):
+                 ops: XlaOps = XLA, dtype=jnp.float32, key: jax.Array):
         reduce_key, expand_key = jax.random.split(key)
         self.reduce = Conv2D(channels, squeeze_channels, 1, use_bias=True, dtype=dtype,
                              key=reduce_key)
         self.expand = Conv2D(squeeze_channels, channels, 1, use_bias=True, dtype=dtype,
                              key=expand_key)
         self.activation = activation
-        self.impl = impl
+        self.ops = ops
         self.dtype = dtype
 
     @staticmethod
@@ -256,79 +259,48 @@ class SqueezeExcite(nnx.Module):
         return x @ kernel + conv.bias[...].astype(x.dtype)
 
     def __call__(self, x, *, train: bool = False):
-        """x: [batch, height, width, channels] -> the same shape, gated per channel.
-
-        With the "cpu" impl the pooling (`spatial_mean`) and in training the gate's gradient
-        (`gate_channels`) avoid XLA:CPU reductions.
-        """
-        pooled = spatial_mean(x, impl=self.impl, train=train).astype(self.dtype)
+        """x: [batch, height, width, channels] -> the same shape, gated per channel."""
+        pooled = self.ops.spatial_mean(x, train=train).astype(self.dtype)
         squeezed = get_activation(self.activation)(self._dense(self.reduce, pooled))
         gate = jax.nn.sigmoid(self._dense(self.expand, squeezed)).astype(x.dtype)
-        return gate_channels(x, gate) if self.impl == "cpu" else x * gate[:, None, None, :]
-
-    def kernel_weights(self):
-        """(reduce [C, S], reduce_bias [S], expand [S, C], expand_bias [C], activation): the
-        form `cpu_kernels.mbconv_depthwise_inference` takes to gate inside MBConv's kernel."""
-        return (self.reduce.kernel[...][0, 0], self.reduce.bias[...],
-                self.expand.kernel[...][0, 0], self.expand.bias[...], self.activation)
+        return self.ops.gate(x, gate)
 
 
-def spatial_mean(x, *, impl: str, train: bool):
-    """[batch, height, width, channels] -> the mean over height and width, [batch, channels]
-    float32 (squeeze-excite's and the head's pooling).
+@dataclasses.dataclass(frozen=True)
+class LayerFactory:
+    """Builds one model's layers with its ops, compute dtype and BN convention, so that blocks
+    say only what they are made of (as timm's `_efficientnet_builder.py` hands its blocks their
+    layer factories): `layers.conv(cin, cout, 3, stride=2, key=k)`.
 
-    With the "cpu" impl it avoids XLA:CPU's reduction, which runs on one thread and recomputes
-    the BN + activation that feeds it:
-      - at inference on one CPU device, a C++ kernel on all cores (`cpu_kernels.spatial_mean`:
-        V2-S eval at 224 px 1.38 vs 1.44 s for squeeze-excite; the head's pooling 5.4 ms);
-      - in training, `spatial_sum_by_halving` (V2-S step at 128 px, b32, A/B in one process:
-        1.605 vs 1.671 s). The C++ kernel was slower there (2.22 vs 2.08 s): XLA must then
-        write its operand out.
+    Attributes:
+      ops: the model's ops (`models.ops.ops_for`).
+      dtype: compute dtype (parameters stay float32).
+      bn_momentum, bn_epsilon: the BatchNorm convention (`BatchNorm`).
     """
-    if impl != "cpu":
-        return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-    if not train and x.dtype == jnp.float32 and cpu_kernels.enabled():
-        return cpu_kernels.spatial_mean(x)
-    return spatial_sum_by_halving(x) / (x.shape[1] * x.shape[2])
 
+    ops: XlaOps
+    dtype: Any
+    bn_momentum: float
+    bn_epsilon: float
 
-def spatial_sum_by_halving(x):
-    """[batch, height, width, channels] -> [batch, channels] float32: the sum over the
-    spatial positions as a tree of elementwise adds of the positions' halves.
+    def conv(self, in_channels: int, out_channels: int, kernel_size: int = 1, *,
+             stride: int = 1, use_bias: bool = False, key: jax.Array) -> Conv2D:
+        return Conv2D(in_channels, out_channels, kernel_size, stride=stride, use_bias=use_bias,
+                      ops=self.ops, dtype=self.dtype, key=key)
 
-    XLA:CPU runs such adds as loop fusions split over its threads; a reduce over the same
-    axes runs on one thread, and when it fuses its producer (in EfficientNet, BN + SiLU with
-    its exp) that thread also recomputes it: 2.5-5 ms a squeeze-excite in the V2-S step at
-    128 px against 0.2-0.8 ms for the reduce alone.
-    """
-    batch, height, width, channels = x.shape
-    x = x.astype(jnp.float32).reshape(batch, height * width, channels)
-    while x.shape[1] > 1:
-        half = x.shape[1] // 2
-        summed = x[:, :half] + x[:, half:2 * half]
-        if x.shape[1] % 2:  # the odd position joins the first
-            summed = jnp.concatenate([summed[:, :1] + x[:, 2 * half:], summed[:, 1:]], axis=1)
-        x = summed
-    return x[:, 0]
+    def depthwise_conv(self, channels: int, kernel_size: int, *, stride: int = 1,
+                       key: jax.Array) -> DepthwiseConv2D:
+        return DepthwiseConv2D(channels, kernel_size, stride=stride, ops=self.ops,
+                               dtype=self.dtype, key=key)
 
+    def batch_norm(self, channels: int) -> BatchNorm:
+        return BatchNorm(channels, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+                         dtype=self.dtype)
 
-@jax.custom_vjp
-def gate_channels(x, gate):
-    """x [batch, height, width, channels] * gate [batch, channels], broadcast over the spatial
-    positions; the gate's gradient sums by `spatial_sum_by_halving` (autodiff would reduce)."""
-    return x * gate[:, None, None, :]
-
-
-def _gate_channels_fwd(x, gate):
-    return gate_channels(x, gate), (x, gate)
-
-
-def _gate_channels_bwd(residuals, g):
-    x, gate = residuals
-    return g * gate[:, None, None, :], spatial_sum_by_halving(g * x).astype(gate.dtype)
-
-
-gate_channels.defvjp(_gate_channels_fwd, _gate_channels_bwd)
+    def squeeze_excite(self, channels: int, squeeze_channels: int, *, activation: str,
+                       key: jax.Array) -> SqueezeExcite:
+        return SqueezeExcite(channels, squeeze_channels, activation=activation, ops=self.ops,
+                             dtype=self.dtype, key=key)
 
 
 def drop_path(x, survival_prob: float, key: jax.Array):

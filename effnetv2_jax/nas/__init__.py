@@ -3,10 +3,18 @@
     python -m effnetv2_jax.nas --config=configs/nas_quickstart.py --workdir=DIR
 """
 
-from effnetv2_jax.nas.log import Record
-from effnetv2_jax.nas.proxy import CandidateInterrupted, ProxyResult, train_candidate
+from effnetv2_jax._extras import lazy_exports
+# The function, imported now: the submodule of the same name must never replace it here.
 from effnetv2_jax.nas.reward import PAPER_V, PAPER_W, reward
-from effnetv2_jax.nas.search import (SearchResult, add_nas, candidate_config, nas_defaults,
-                                     run_search)
-from effnetv2_jax.nas.space import SearchSpace
-from effnetv2_jax.nas.strategies import AgingEvolution, RandomSearch, make_strategy
+
+# The rest are imported on first use (PEP 562): `python -m effnetv2_jax.nas --help` needs no JAX.
+_EXPORTS = {
+    "Record": "log", "CandidateInterrupted": "proxy", "ProxyResult": "proxy",
+    "train_candidate": "proxy",
+    **dict.fromkeys(("SearchResult", "add_nas", "candidate_config", "nas_defaults", "run_search"),
+                    "search"),
+    "SearchSpace": "space", "AgingEvolution": "strategies", "RandomSearch": "strategies",
+    "make_strategy": "strategies",
+}
+__all__ = sorted([*_EXPORTS, "PAPER_V", "PAPER_W", "reward"])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -7,12 +7,10 @@ Override any key with `--config.key=value`, e.g. `--config.nas.num_candidates=40
 
 import os
 
-import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from effnetv2_jax.nas import log, outputs
-from effnetv2_jax.nas.search import run_search
+from effnetv2_jax import cpu
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Search config file (a training "
                                           "config with a `nas` section).", lock_config=True)
@@ -25,6 +23,11 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = _CONFIG.value
     logging.info("config:\n%s", config)
+    import jax  # noqa: PLC0415 - after the flags: --help imports no JAX
+
+    from effnetv2_jax.nas import log, outputs  # noqa: PLC0415
+    from effnetv2_jax.nas.search import run_search  # noqa: PLC0415
+
     printing = jax.process_index() == 0
     result = run_search(config, _WORKDIR.value,
                         on_record=lambda r: print(outputs.describe(r), flush=True)
@@ -43,7 +46,8 @@ def main(argv):
 
 def run() -> None:
     """The `effnetv2-nas` console script (setup.py): `python -m effnetv2_jax.nas` under another
-    name."""
+    name, with the XLA:CPU flags set first (cpu/xla_flags.py)."""
+    cpu.configure_process(restart_allocator=False)
     app.run(main)
 
 

@@ -8,10 +8,17 @@
 Command line: `python -m effnetv2_jax.scaling --base=configs/... --phi=1..4 [--rule=v2]`.
 """
 
-from effnetv2_jax.scaling.base import (ScaledModel, ScalingBase, base_from_variant,
-                                       round_resolution)
-from effnetv2_jax.scaling.compound import (ALPHA, BETA, GAMMA, coefficient_table, compound_scale,
-                                           flops_factor)
-from effnetv2_jax.scaling.configs import base_from_config, member_config, write_config
-from effnetv2_jax.scaling.grid_search import Candidate, grid_candidates, run_grid_search
-from effnetv2_jax.scaling.v2_rule import MAX_EVAL_SIZE, v2_scale
+from effnetv2_jax._extras import lazy_exports
+
+# Imported on first use (PEP 562): `python -m effnetv2_jax.scaling --help` needs no JAX.
+_EXPORTS = {
+    **dict.fromkeys(("ScaledModel", "ScalingBase", "base_from_variant", "round_resolution"),
+                    "base"),
+    **dict.fromkeys(("ALPHA", "BETA", "GAMMA", "coefficient_table", "compound_scale",
+                     "flops_factor"), "compound"),
+    **dict.fromkeys(("base_from_config", "member_config", "write_config"), "configs"),
+    **dict.fromkeys(("Candidate", "grid_candidates", "run_grid_search"), "grid_search"),
+    **dict.fromkeys(("MAX_EVAL_SIZE", "v2_scale"), "v2_rule"),
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

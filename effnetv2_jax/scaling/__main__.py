@@ -20,9 +20,9 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
+from effnetv2_jax import cpu
 from effnetv2_jax.models.arch import resolve_arch
-from effnetv2_jax.models.counting import count_flops, count_params
-from effnetv2_jax.scaling import compound, configs, grid_search, v2_rule
+from effnetv2_jax.scaling import compound, grid_search, v2_rule
 
 
 HELP_FLAGS = ("-h", "--help", "-?", "--helpshort", "--helpfull")
@@ -137,6 +137,10 @@ def _member(f, rule: str, base, phi: float):
 
 
 def family(f, config, base_path: str) -> None:
+    # Imported here, not above: they import JAX, which --help does not need.
+    from effnetv2_jax.models.counting import count_flops, count_params  # noqa: PLC0415
+    from effnetv2_jax.scaling import configs  # noqa: PLC0415
+
     stem = os.path.splitext(os.path.basename(base_path))[0]
     out = f.out or os.path.join("runs", "scaling", stem)
     base = configs.base_from_config(config, stem)
@@ -209,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(arg in HELP_FLAGS for arg in argv[1:]):
         print(f"{__doc__}\nflags:\n{define_flags(argv).get_help(include_special_flags=False)}")
         return 0
+    cpu.configure_process(restart_allocator=False)  # XLA:CPU flags (cpu/xla_flags.py)
     try:
         f = parse_flags(argv)
     except flags.Error as error:

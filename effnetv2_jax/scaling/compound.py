@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import math
 
-from effnetv2_jax.models.counting import count_flops
 from effnetv2_jax.models.variants import get_variant
 from effnetv2_jax.scaling.base import (ScaledModel, ScalingBase, check_coefficients,
                                        round_resolution)
@@ -83,6 +82,8 @@ def coefficient_table(alpha: float = ALPHA, beta: float = BETA, gamma: float = G
                       resolution_multiple: int = 8) -> list[str]:
     """Markdown rows: the published B0-B8 coefficients (from the registry) next to the
     formula's at phi = i, and the phi each published model's FLOPs imply."""
+    from effnetv2_jax.models.counting import count_flops  # noqa: PLC0415 - JAX; this table only
+
     b0 = get_variant(PUBLISHED_V1[0])
     base = ScalingBase(b0.arch, b0.train_size, b0.eval_size, b0.name)
     base_flops = count_flops(b0.name)

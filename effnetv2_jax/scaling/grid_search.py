@@ -23,12 +23,10 @@ import json
 import os
 from collections.abc import Sequence
 
-import jax
 import ml_collections
 from absl import logging
 
 from effnetv2_jax.scaling.compound import compound_scale, flops_factor
-from effnetv2_jax.scaling.configs import base_from_config, member_config
 
 RESULTS_FILE = "results.jsonl"
 # A grid around the paper's result (1.2, 1.1, 1.15) in steps of 0.05-0.1; 29 points pass
@@ -100,6 +98,8 @@ def read_results(workdir: str) -> list[dict]:
 
 
 def _append(workdir: str, record: dict) -> None:
+    import jax  # noqa: PLC0415 - the CLI's --help imports this module, and needs no JAX
+
     if jax.process_index() != 0:  # one writer in a multi-host search
         return
     path = os.path.join(workdir, RESULTS_FILE)
@@ -132,6 +132,7 @@ def run_grid_search(config: ml_collections.ConfigDict, workdir: str,
       accuracy, step_seconds, params, flops (and error for a failed candidate).
     """
     from effnetv2_jax.nas.proxy import train_candidate  # noqa: PLC0415 (heavy; search only)
+    from effnetv2_jax.scaling.configs import base_from_config, member_config  # noqa: PLC0415
 
     candidates = grid_candidates() if candidates is None else list(candidates)
     os.makedirs(workdir, exist_ok=True)

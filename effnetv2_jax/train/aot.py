@@ -29,8 +29,7 @@ import ml_collections
 from absl import logging
 from etils import epath
 
-from effnetv2_jax import data
-from effnetv2_jax.models.cpu_kernels import TARGETS as CPU_KERNEL_TARGETS
+from effnetv2_jax import cpu, data
 from effnetv2_jax.train import inputs, topology
 from effnetv2_jax.train.compiled_steps import (FIT_ADVICE, StepSpec, compile_spec, device_memory,
                                                eval_step_spec, memory_needed, train_step_specs)
@@ -214,8 +213,9 @@ def _compile_step(run: Run, spec: StepSpec, generation) -> StepReport:
     result.custom_calls = sorted(set(re.findall(r'custom_call_target="([^"]+)"', text)))
     if run.mesh.devices.flat[0].platform != "cpu":
         foreign = [c for c in result.custom_calls
-                   if c in CPU_KERNEL_TARGETS or (run.mesh.devices.flat[0].platform == "tpu"
-                                                  and c not in TPU_NATIVE_CUSTOM_CALLS)]
+                   if c in cpu.kernel_targets()
+                   or (run.mesh.devices.flat[0].platform == "tpu"
+                       and c not in TPU_NATIVE_CUSTOM_CALLS)]
         if foreign:
             result.error = (f"custom calls that are not native to "
                             f"{run.mesh.devices.flat[0].platform}: {', '.join(foreign)}")

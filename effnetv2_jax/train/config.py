@@ -27,7 +27,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.survival_prob = -1.0        # -1: the variant's (0.8); 1.0 disables drop-path
     c.model.bn_momentum = -1.0          # -1: the variant's (V2 code 0.9; paper 0.99)
     c.model.dtype = "float32"           # compute dtype: float32 | bfloat16 (params stay f32)
-    c.model.conv_impl = "auto"          # auto | xla | cpu (see models/conv_ops.py)
+    c.model.conv_impl = "auto"          # auto | xla | cpu (see models/ops.py)
     c.model.remat = False               # recompute each block in the backward: less memory
                                         # (V2-L at batch 128 per 16 GiB chip), ~1/3 more compute
 
@@ -137,7 +137,7 @@ def _positive(config, key: str, allow_zero: bool = False) -> None:
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks every value that can be checked before building anything; names the bad key."""
     from effnetv2_jax.data.config import AUGMENTS, SOURCES  # noqa: PLC0415 (cheap, lazy)
-    from effnetv2_jax.models.conv_ops import CONV_IMPLS  # noqa: PLC0415
+    from effnetv2_jax.models.ops import CONV_IMPLS  # noqa: PLC0415
     from effnetv2_jax.models.variants import list_models  # noqa: PLC0415
     from effnetv2_jax.train.optim import OPTIMIZERS, SCHEDULES  # noqa: PLC0415
     from effnetv2_jax.train.progressive import PRESETS  # noqa: PLC0415

@@ -33,7 +33,7 @@ import jax
 from absl import logging
 from etils import epath
 
-from effnetv2_jax.models import cpu_kernels
+from effnetv2_jax import cpu
 
 _FORMAT = 1  # bump when the file layout changes
 
@@ -55,7 +55,7 @@ def _versions() -> dict:
     import optax
     return {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__,
             "optax": optax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
-            "cpu_kernels": cpu_kernels.enabled(), "format": _FORMAT}
+            "cpu_kernels": cpu.kernels_enabled(), "format": _FORMAT}
 
 
 def _describe_leaf(leaf) -> str:
@@ -164,7 +164,7 @@ def compile_step(fn, args: tuple, *, name: str, description: dict, out_sharding,
             jax.jit(flat, in_shardings=in_shardings, out_shardings=out_sharding),
             platforms=(platform,),
             disabled_checks=[jax.export.DisabledSafetyCheck.custom_call(target)
-                             for target in cpu_kernels.TARGETS] if platform == "cpu" else ()
+                             for target in cpu.kernel_targets()] if platform == "cpu" else ()
         )(*leaves)
         out_tree = trees["out"]
     compiled = jax.jit(exported.call, in_shardings=in_shardings, out_shardings=out_sharding,

@@ -23,8 +23,8 @@ from flax import nnx
 from jax.experimental.compilation_cache import compilation_cache
 
 from effnetv2_jax import data
-from effnetv2_jax.models.conv_ops import resolve_conv_impl
 from effnetv2_jax.models.factory import abstract_model, create_model, resolve_model_args
+from effnetv2_jax.models.ops import resolve_conv_impl
 from effnetv2_jax.models.variants import Variant
 from effnetv2_jax.preprocessing import Preprocessing
 from effnetv2_jax.train import inputs, progressive, sharding

@@ -21,7 +21,7 @@ def test_timm_safetensors_parity(tmp_path, timm_name, model_name):
     path = save_safetensors(reference.state, str(tmp_path / "weights.safetensors"))
     report = convert("timm", model_name, path, str(tmp_path / "out"))
     # V2-S runs the backend's default convolutions (the CPU path users get); the others the
-    # XLA reference convolutions, which compile faster (tests/test_conv_ops.py ties the two).
+    # XLA reference convolutions, which compile faster (tests/cpu/test_conv_ops.py ties the two).
     loaded = load_checkpoint(str(tmp_path / "out"),
                              conv_impl=None if model_name == "efficientnetv2-s" else "xla")
     assert loaded.metadata["source"] == "timm" and report.metadata["num_classes"] == 1000

@@ -13,7 +13,7 @@ import jax
 import pytest
 from config_parsing import parse_command_line
 
-from effnetv2_jax.models.cpu_kernels import TARGETS as CPU_KERNEL_TARGETS
+from effnetv2_jax import cpu
 from effnetv2_jax.train import aot, compiled_steps, exported_steps, sharding, topology
 from effnetv2_jax.train.run import plan
 
@@ -90,7 +90,7 @@ def test_a_stored_step_is_exported_for_the_target_platform(tmp_path):
                                     jax.tree.structure(spec.args))[0]
     assert exported is not None and exported.platforms == ("tpu",)
     text = exported.mlir_module()
-    assert not [t for t in CPU_KERNEL_TARGETS if t in text]
+    assert not [t for t in cpu.kernel_targets() if t in text]
     # Loaded again (a restart), it compiles from the file for the TPU.
     _, from_file = exported_steps.compile_step(
         spec.step_fn, spec.args, name=spec.name, description=spec.description,
@@ -116,7 +116,7 @@ def test_every_stage_compiles_for_tpu_and_fits(accelerator, slices, per_device):
         assert 0 < step.total_bytes < step.device_memory_bytes
         assert step.flops > 0 and step.bytes_accessed > 0 and step.roofline_s > 0
         assert set(step.custom_calls) <= aot.TPU_NATIVE_CUSTOM_CALLS
-        assert not set(step.custom_calls) & set(CPU_KERNEL_TARGETS)
+        assert not set(step.custom_calls) & set(cpu.kernel_targets())
         # Gradients (train) and metric sums (eval) are reduced over the data axis.
         assert step.collectives.get("all-reduce", 0) >= (1 if step.step == "eval" else 10)
 

@@ -1,7 +1,7 @@
-"""MBConv's fused inference kernel (`cpu_kernels.mbconv_depthwise_inference`): it equals XLA's
+"""MBConv's fused inference kernel (`kernels.mbconv_depthwise_inference`): it equals XLA's
 BN + activation, depthwise conv, BN + activation and squeeze-excite for every stride, kernel
 size, activation and odd or even size; its exp is accurate over the whole float range; bad
-shapes fail naming the kernel; the model uses it exactly at inference on the cpu impl with an
+shapes fail naming the kernel; the model uses it exactly at inference with the CPU ops and an
 activation it has, and gives the same logits as without it."""
 
 import jax
@@ -11,7 +11,8 @@ import pytest
 from flax import nnx
 
 import effnetv2_jax
-from effnetv2_jax.models import conv_ops, cpu_kernels
+from effnetv2_jax.cpu import kernels
+from effnetv2_jax.models import conv_ops
 from effnetv2_jax.models.layers import get_activation
 
 
@@ -23,7 +24,7 @@ def _reference(u, in_scale, in_shift, kernel, out_shift, stride, act_in, act_out
                squeeze_excite=None):
     a = u * in_scale + in_shift
     a = get_activation(act_in)(a) if act_in else a
-    y = conv_ops.depthwise_conv2d(a, kernel[:, :, None, :], stride, "xla") + out_shift
+    y = conv_ops.depthwise_conv2d(a, kernel[:, :, None, :], stride) + out_shift
     y = get_activation(act_out)(y) if act_out else y
     if squeeze_excite is None:
         return y
@@ -44,13 +45,13 @@ def _squeeze_excite(c, s, act, seed):
     ((11, 11), 5, 2, "swish", "relu", "relu"), ((1, 1), 3, 1, "silu", "silu", "silu"),
     ((5, 5), 3, 1, "silu", "silu", "no activation")])
 def test_equals_the_xla_ops(hw, k, stride, act_in, act_out, se_act):
-    assert cpu_kernels.available(), "g++ and jaxlib's FFI headers are on every supported CPU host"
+    assert kernels.available(), "g++ and jaxlib's FFI headers are on every supported CPU host"
     c = 24
     args = (_random((3, *hw, c), 0, -4, 4), _random((c,), 1, 0.5, 1.5), _random((c,), 2),
             _random((k, k, c), 3), _random((c,), 4))
     squeeze_excite = (None if se_act is None else
                       _squeeze_excite(c, 6, None if se_act == "no activation" else se_act, 5))
-    got = jax.jit(lambda *a: cpu_kernels.mbconv_depthwise_inference(
+    got = jax.jit(lambda *a: kernels.mbconv_depthwise_inference(
         *a, stride, act_in, act_out, squeeze_excite))(*args)
     want = jax.jit(lambda *a: _reference(*a, stride, act_in, act_out, squeeze_excite))(*args)
     assert got.shape == want.shape and got.dtype == jnp.float32
@@ -66,12 +67,12 @@ def test_silu_over_the_whole_float_range():
     u = np.concatenate([np.linspace(-100, 100, 20001, dtype=np.float32),
                         np.float32([-1e30, -88.5, -87.5, 87.5, 88.5, 1e30, 0.0, -0.0])])
     u = u.reshape(1, 1, -1, 1)
-    y = jax.jit(lambda u: cpu_kernels.mbconv_depthwise_inference(
+    y = jax.jit(lambda u: kernels.mbconv_depthwise_inference(
         u, np.ones(1), np.zeros(1), np.ones((1, 1, 1)), np.zeros(1), 1, "silu", None))(u)
     want = np.asarray(jax.nn.silu(u), np.float64)
     np.testing.assert_allclose(y, want, rtol=2e-6, atol=1e-30)
     assert np.all(np.isfinite(y)) and y[0, 0, -3, 0] == 1e30
-    nan = jax.jit(lambda u: cpu_kernels.mbconv_depthwise_inference(
+    nan = jax.jit(lambda u: kernels.mbconv_depthwise_inference(
         u, np.ones(1), np.zeros(1), np.ones((1, 1, 1)), np.zeros(1), 1, "silu", None))(
             np.float32([np.nan, 1.0]).reshape(1, 1, 2, 1))
     assert np.isnan(nan[0, 0, 0, 0]) and np.isfinite(nan[0, 0, 1, 0])
@@ -83,7 +84,7 @@ def test_the_squeeze_excite_gate_saturates_without_overflow():
     u = np.ones((1, 2, 2, c), np.float32)
     squeeze_excite = (np.ones((c, 1), np.float32), np.zeros(1, np.float32),
                       np.float32([[1e4, -1e4, 1e4, -1e4]]), np.zeros(c, np.float32), None)
-    y = jax.jit(lambda u: cpu_kernels.mbconv_depthwise_inference(
+    y = jax.jit(lambda u: kernels.mbconv_depthwise_inference(
         u, np.ones(c), np.zeros(c), np.ones((1, 1, c)), np.zeros(c), 1, None, None,
         squeeze_excite))(u)
     np.testing.assert_array_equal(y[0, 0, 0], [1.0, 0.0, 1.0, 0.0])
@@ -91,12 +92,12 @@ def test_the_squeeze_excite_gate_saturates_without_overflow():
 
 def test_a_mismatched_shape_is_an_error_that_names_the_kernel():
     with pytest.raises(Exception, match="effnetv2_mbconv_depthwise_inference: shapes"):
-        jax.jit(lambda: cpu_kernels.mbconv_depthwise_inference(
+        jax.jit(lambda: kernels.mbconv_depthwise_inference(
             jnp.zeros((1, 4, 4, 3)), jnp.ones(3), jnp.zeros(3), jnp.ones((3, 3, 3)),
             jnp.zeros(5), 1, "silu", "silu"))()  # out_shift has 5 channels, not 3
     squeeze_excite = (jnp.ones((3, 2)), jnp.zeros(2), jnp.ones((2, 4)), jnp.zeros(4), "silu")
     with pytest.raises(Exception, match="effnetv2_mbconv_depthwise_se_inference: squeeze-ex"):
-        jax.jit(lambda: cpu_kernels.mbconv_depthwise_inference(
+        jax.jit(lambda: kernels.mbconv_depthwise_inference(
             jnp.zeros((1, 4, 4, 3)), jnp.ones(3), jnp.zeros(3), jnp.ones((3, 3, 3)),
             jnp.zeros(3), 1, "silu", "silu", squeeze_excite))()  # expand: 4 channels, not 3
 
@@ -122,20 +123,20 @@ def _model(activation):
 def test_the_model_uses_it_at_inference_with_the_same_logits(monkeypatch, activation, fused):
     # conftest's 4 devices switch the kernels off; one unsharded array is safe to run them on.
     # available() builds and registers them, whichever tests ran before in this process.
-    if not cpu_kernels.available():
+    if not kernels.available():
         pytest.skip("the C++ kernels cannot be built here")
     graph, state = _model(activation)
     images = jax.random.normal(jax.random.key(0), (3, 21, 21, 3))
-    monkeypatch.setattr(cpu_kernels, "enabled", lambda: True)
+    monkeypatch.setattr(kernels, "enabled", lambda: True)
     infer = jax.jit(lambda s, x: nnx.merge(graph, s)(x, train=False))
     text = infer.lower(state, images).as_text()
     # Two blocks with squeeze-excite, one without.
-    assert text.count(cpu_kernels.MBCONV_DEPTHWISE_SE_INFERENCE) == (2 if fused else 0)
-    assert text.count(cpu_kernels.MBCONV_DEPTHWISE_INFERENCE) == (1 if fused else 0)
+    assert text.count(kernels.MBCONV_DEPTHWISE_SE_INFERENCE) == (2 if fused else 0)
+    assert text.count(kernels.MBCONV_DEPTHWISE_INFERENCE) == (1 if fused else 0)
     train = jax.jit(lambda s, x: nnx.merge(graph, s)(x, train=True, key=jax.random.key(1)))
     train_text = train.lower(state, images).as_text()
     assert "effnetv2_mbconv_depthwise" not in train_text
     logits = infer(state, images)
-    monkeypatch.setattr(cpu_kernels, "enabled", lambda: False)
+    monkeypatch.setattr(kernels, "enabled", lambda: False)
     want = jax.jit(lambda s, x: nnx.merge(graph, s)(x, train=False))(state, images)
     np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-5 * float(jnp.abs(want).max()))

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from effnetv2_jax import allocator
+from effnetv2_jax.cpu import allocator
 
 ENV_NAMES = (allocator.ENV, "GLIBC_TUNABLES", "JAX_PLATFORMS", "LD_PRELOAD",
              *allocator.MIMALLOC_OPTIONS)
@@ -114,7 +114,7 @@ _SCRIPT = """
 import os, resource, sys
 print("start", os.environ.get("LD_PRELOAD", ""), os.environ.get("GLIBC_TUNABLES", ""),
       sys.argv[1:], flush=True)
-from effnetv2_jax import allocator
+from effnetv2_jax.cpu import allocator
 allocator.restart()
 print("running", allocator.running(), flush=True)
 import jax, jax.numpy as jnp
@@ -176,7 +176,7 @@ def test_the_command_line_restarts_once_then_parses_its_flags():
 
 @linux
 def test_a_preload_that_did_not_load_is_reported():
-    code = "from effnetv2_jax import allocator; allocator.restart(); print(allocator.running())"
+    code = "from effnetv2_jax.cpu import allocator; allocator.restart(); print(allocator.running())"
     done = subprocess.run([sys.executable, "-c", code],
                           env=_env(LD_PRELOAD="/no/such/libmimalloc.so"),
                           capture_output=True, text=True, check=True)

@@ -5,22 +5,17 @@ not installed, with glibc's huge pages.
 Why. Each XLA:CPU execution allocates its temporary buffer (1.5 GB for the V2-S train step at
 128 px, batch 32) and frees it when it ends. glibc serves blocks that large with a fresh `mmap`
 and returns them with `munmap`, so every step the kernel faults that memory in and zeroes it
-again: 376,000 faults a V2-S step with 4 KiB pages, a fifth of its CPU time (`perf`). glibc's
-`glibc.malloc.hugetlb=1` tunable cuts that to ~1,400 faults of 2 MiB pages, but zeroing them
-still took 8.6% of the CPU time (`perf`: `clear_page_erms`).
+again (`perf` put a fifth of a V2-S step's CPU time there). glibc's `glibc.malloc.hugetlb=1`
+tunable faults 2 MiB pages instead, far fewer, but zeroing them still costs.
 
 What. mimalloc (the `cmeel-mimalloc` wheel of the `cpu` extra) in `LD_PRELOAD`, with
   - MIMALLOC_PURGE_DELAY=-1: memory a step frees stays with the process and the next step
     reuses it: no page faults at all in a step;
-  - MIMALLOC_ALLOW_LARGE_OS_PAGES=1: 2 MiB pages (transparent huge pages) for its arenas.
-V2-S train step, 128 px, b32 on 2 cores (median of 12 steps, the allocators' runs alternating):
-1.64-1.67 s with mimalloc, 1.84-1.91 s with glibc's huge pages (2.12 s with glibc's defaults,
-391,000 faults a step; 1.63 s with mimalloc in the same pair of runs);
-with 4 KiB pages mimalloc ran as fast but its RSS was 5.6 instead of 4.0-4.1 GB. Eval at 224 px
-is the same either way (1.38-1.40 s). The process keeps the memory of its largest step, as
-PyTorch's caching allocator does: RSS 4.0-4.1 GB against glibc's 4.0 GB after each step.
-glibc's own heap cannot do the same: keeping freed memory there (`mallopt`: no mmap, no trim),
-a V2-S run grew by 1.4 GB at its 29th step as the heap fragmented.
+  - MIMALLOC_ALLOW_LARGE_OS_PAGES=1: 2 MiB pages (transparent huge pages) for its arenas, which
+    keep its RSS near glibc's.
+The process keeps the memory of its largest step, as PyTorch's caching allocator does. glibc's
+own heap cannot do the same: keeping freed memory there (`mallopt`: no mmap, no trim), a V2-S
+run's heap fragmented and grew. docs/performance.md gives the step times with each allocator.
 
 Rules (`choice()`), from EFFNETV2_JAX_ALLOCATOR:
   - "auto" (the default): mimalloc where its library is installed, else glibc's huge pages where
@@ -35,8 +30,8 @@ jemalloc, tcmalloc), or
 GLIBC_TUNABLES already setting glibc.malloc.hugetlb (the user's values win; this also stops a
 second restart).
 
-Callers are entry points (`effnetv2_jax.main`, the benchmarks), never library code: an exec
-replaces the whole process.
+Callers are entry points (`effnetv2_jax.main`, the benchmarks, through
+`effnetv2_jax.cpu.configure_process`), never library code: an exec replaces the whole process.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Tests for effnetv2_jax.models.conv_ops: the "cpu" fast path must match the "xla"
-reference (forward, d/dx, d/dkernel), and the reference must match TF "SAME" semantics."""
+"""The convolutions of both ops (`models.ops`): the CPU ops' (`cpu/convs.py`) must match XLA's
+reference (`models/conv_ops.py`: forward, d/dx, d/dkernel), and the reference must match TF
+"SAME" semantics; the impl names resolve by platform."""
 
 import itertools
 
@@ -8,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from effnetv2_jax.models import conv_ops
-from effnetv2_jax.models.conv_ops import (CONV_IMPLS, conv2d, default_conv_impl,
-                                          depthwise_conv2d, resolve_conv_impl, same_padding)
+from effnetv2_jax.cpu import convs
+from effnetv2_jax.models.conv_ops import same_padding
+from effnetv2_jax.models.ops import CONV_IMPLS, default_conv_impl, ops_for, resolve_conv_impl
 
 FWD_TOL = 1e-5
 GRAD_TOL = 1e-4
@@ -18,6 +19,14 @@ GRAD_TOL = 1e-4
 # an even size in each spatial dim (stride 2 on odd vs even sizes pads differently).
 SIZES = [(7, 8), (16, 15)]
 CASES = [(hw, k, s) for hw, k, s in itertools.product(SIZES, (1, 3, 5), (1, 2))]
+
+
+def conv2d(x, w, stride, impl):
+    return ops_for(impl).conv(x, w, stride)
+
+
+def depthwise_conv2d(x, w, stride, impl):
+    return ops_for(impl).depthwise_conv(x, w, stride)
 
 
 # Inputs and comparisons use numpy: eager jax ops would compile a kernel per new shape,
@@ -89,12 +98,12 @@ def test_resolve_conv_impl_rejects_unknown(bad):
     assert repr(bad) in msg and "'xla'" in msg and "'cpu'" in msg
 
 
-def test_conv_functions_reject_unknown_impl():
-    x = np.zeros((1, 4, 4, 2))
-    with pytest.raises(ValueError, match="unknown conv impl"):
-        conv2d(x, np.zeros((3, 3, 2, 2)), 1, "tpu")
-    with pytest.raises(ValueError, match="unknown conv impl"):
-        depthwise_conv2d(x, np.zeros((3, 3, 1, 2)), 1, "tpu")
+def test_ops_for_rejects_unknown_impl():
+    assert ops_for("xla").name == "xla" and ops_for("cpu").name == "cpu"
+    with pytest.raises(ValueError, match="unknown conv impl 'tpu'"):
+        ops_for("tpu")
+    with pytest.raises(ValueError, match="unknown conv impl 'auto'"):
+        ops_for("auto")  # resolve_conv_impl maps it first
 
 
 # -------------------------------------------------------------------------- padding
@@ -181,8 +190,8 @@ def test_cpu_matches_xla_with_chunked_weight_gradient(monkeypatch):
     # with conftest's 4 devices) with a ragged last chunk (5 = 2+2+1), which the small
     # shapes above do not reach with the default chunk size. The chunk is sized on one
     # image of the padded input (11x11x6 float32).
-    assert not conv_ops.cpu_kernels.enabled()
-    monkeypatch.setattr(conv_ops, "_CHUNK_BYTES", 2 * 11 * 11 * 6 * 4)
+    assert not convs.kernels.enabled()
+    monkeypatch.setattr(convs, "_CHUNK_BYTES", 2 * 11 * 11 * 6 * 4)
     calls = []
     fori_loop = jax.lax.fori_loop
     monkeypatch.setattr(jax.lax, "fori_loop", lambda lo, hi, body, init, **kw: (
@@ -210,8 +219,8 @@ def _primitives(fn, impl, x, w, stride):
 @pytest.mark.parametrize("s", (1, 2))
 def test_cpu_path_avoids_slow_xla_ops(s):
     # The point of "cpu": no grouped conv for depthwise, no conv at all for 1x1. Dense kxk
-    # with few channels (or several devices, as here) keeps XLA's conv (conv_ops docstring;
-    # tests/test_winograd.py covers the 3x3 stride-1 Winograd path). "xla" keeps the convs.
+    # with few channels (or several devices, as here) keeps XLA's conv (cpu/convs.py docstring;
+    # tests/cpu/test_winograd.py covers the 3x3 stride-1 Winograd path). "xla" keeps the convs.
     x = np.ones((2, 8, 8, 4))
     dw_cpu = _primitives(depthwise_conv2d, "cpu", x, np.ones((3, 3, 1, 4)), s)
     pw_cpu = _primitives(conv2d, "cpu", x, np.ones((1, 1, 4, 6)), s)

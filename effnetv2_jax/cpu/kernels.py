@@ -1,19 +1,18 @@
-"""Hand-written XLA:CPU kernels (C++, `cpu_kernels.cc`) through `jax.ffi`, where XLA's own
-code is furthest from the hardware:
+"""Hand-written XLA:CPU kernels (C++, `kernels.cc`) through `jax.ffi`, where XLA's own code is
+furthest from the hardware:
 
 - `depthwise_kernel_grad`: the depthwise convolution's weight gradient (XLA reduces over batch
-  and pixels with channels minor at 0.1-1 GFLOP/s; the kernel is 5-14x faster on V2-S's layer
-  shapes: the V2-S train step at 128 px, batch 32 took 2.6 s instead of 3.1 s);
+  and pixels with channels minor, far below the machine's speed);
 - `materialize`: an identity that makes XLA write the depthwise conv's output once instead of
-  recomputing its k*k multiply-adds inside every consumer (2.2 -> 1.75 s for that step);
-- `spatial_mean`: squeeze-excite's pooling at inference, on all cores (V2-S eval at 224 px,
-  batch 32: 1.38 vs 1.44 s; in training it was slower, as XLA must then write its operand).
+  recomputing its k*k multiply-adds inside every consumer;
+- `spatial_mean`: squeeze-excite's pooling at inference, on all cores (in training it was
+  slower, as XLA must then write its operand out);
 - `winograd_input`, `winograd_output` and their adjoints: the tile transforms of the
-  F(4x4, 3x3) Winograd convolution that `conv_ops` uses for dense 3x3 stride-1 convs (XLA's
-  fusions for them move 4-9 GB/s).
+  F(4x4, 3x3) Winograd convolution (`winograd.py`) for dense 3x3 stride-1 convs;
 - `mbconv_depthwise_inference`: an MBConv block's BN + activation, depthwise conv, BN +
-  activation and squeeze-excite at inference, in one pass (V2-S eval at 224 px, b32:
-  1.05-1.06 vs 1.14-1.16 s, and squeeze-excite's gate in the pass: see `blocks.MBConv`).
+  activation and squeeze-excite at inference, in one pass (`ops.CpuOps.mbconv_inference`).
+
+docs/performance.md gives the measured effect of each.
 
 The library is built on first use with the system C++ compiler (`CXX`, default g++) against
 jaxlib's FFI headers, into `$EFFNETV2_JAX_KERNEL_CACHE` (default `~/.cache/effnetv2_jax/kernels`),
@@ -21,8 +20,8 @@ under a name that hashes the source, the jaxlib version, the flags and this CPU'
 (it is built with -march=native); it is written under a temporary name, then renamed, so
 concurrent processes never load a half-written file (a cached file that cannot be loaded is
 built again). Where there is no compiler, the build fails, or `EFFNETV2_JAX_NATIVE_KERNELS=0`,
-`available()` is False (a warning says why, once) and `conv_ops` keeps its pure-XLA
-formulation, which gives the same values. The model uses the kernels only where `enabled()`:
+`available()` is False (a warning says why, once) and the CPU ops keep their pure-XLA
+formulation, which gives the same values. The ops use the kernels only where `enabled()`:
 also with a single device, as the custom calls have no SPMD partitioning rule (in a step
 sharded over several devices XLA would gather their operands onto every device).
 """
@@ -56,11 +55,11 @@ MBCONV_DEPTHWISE_SE_INFERENCE = "effnetv2_mbconv_depthwise_se_inference"
 TARGETS = (DEPTHWISE_KERNEL_GRAD, MATERIALIZE, SPATIAL_MEAN, WINOGRAD_INPUT, WINOGRAD_OUTPUT,
            WINOGRAD_OUTPUT_ADJOINT, WINOGRAD_INPUT_ADJOINT, MBCONV_DEPTHWISE_INFERENCE,
            MBCONV_DEPTHWISE_SE_INFERENCE)
-# The activations `mbconv_depthwise_inference` computes, by name (as in layers.ACTIVATIONS).
+# The activations `mbconv_depthwise_inference` computes, by name (as in models.layers.ACTIVATIONS).
 KERNEL_ACTIVATIONS = {None: 0, "silu": 1, "swish": 1, "relu": 2, "relu6": 3}
 WINOGRAD_TILE = 4  # output pixels per tile side, F(4x4, 3x3)
 WINOGRAD_POINTS = 36  # 6x6 transformed values per tile
-SOURCE = Path(__file__).with_name("cpu_kernels.cc")
+SOURCE = Path(__file__).with_name("kernels.cc")
 # -fno-trapping-math: GCC then vectorises loops with float compares (the clamps in `Exp`); the
 # kernels never rely on floating-point traps.
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-fno-trapping-math", "-shared", "-fPIC", "-w")
@@ -128,8 +127,8 @@ def available() -> bool:
     except Exception as error:  # noqa: BLE001 - any failure means: use the XLA formulation
         logging.warning("effnetv2_jax's C++ CPU kernels are unavailable (%s: %s); using XLA's "
                         "code for the depthwise conv, squeeze-excite pooling, dense 3x3 "
-                        "convs and MBConv inference (the depthwise weight gradient 5-14x "
-                        "slower on the CPU, a V2-S train step ~2x slower)",
+                        "convs and MBConv inference (same values; a V2-S train step ~2x "
+                        "slower on the CPU)",
                         type(error).__name__, error)
         return False
     return True
@@ -195,7 +194,7 @@ def winograd_input(x):
     """`x` [N, H, W, C] float32 -> `V` [36, P, C] float32: each 4x4 output tile's 6x6 input
     window (rows 4t-1 .. 4t+4, zero outside the image) as `B^T d B`; tile
     `p = (n * ceil(H/4) + i) * ceil(W/4) + j`. Linear; not differentiable (see
-    `conv_ops`, which uses the adjoints)."""
+    `winograd.py`, which uses the adjoints)."""
     return jax.ffi.ffi_call(WINOGRAD_INPUT, _winograd_points(*x.shape),
                             vmap_method="sequential")(x.astype(jnp.float32))
 
@@ -225,7 +224,7 @@ def mbconv_depthwise_inference(u, in_scale, in_shift, kernel, out_shift, stride:
                                act_in: str | None, act_out: str | None, squeeze_excite=None):
     """`y = act_out(depthwise(act_in(u * in_scale + in_shift), kernel) + out_shift)` with TF
     "SAME" padding, then optionally squeeze-excite's gate on `y`; float32, one pass
-    (`cpu_kernels.cc`).
+    (`kernels.cc`).
 
     Args:
       u: [N, H, W, C]; in_scale, in_shift, out_shift: [C]; kernel: [k, k, C] (the depthwise

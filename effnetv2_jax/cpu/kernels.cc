@@ -1,13 +1,13 @@
 // XLA:CPU kernels for the ops whose XLA-generated code is far from the hardware
-// (effnetv2_jax/models/cpu_kernels.py builds and registers this file through jax.ffi).
+// (effnetv2_jax/cpu/kernels.py builds and registers this file through jax.ffi).
 //
 // effnetv2_depthwise_kernel_grad: the weight gradient of a depthwise k x k convolution,
 //   dw[i, j, c] = sum_{n, h, w} xp[n, h * s + i, w * s + j, c] * dy[n, h, w, c]
 // xp: [N, Hp, Wp, C] float32, the input already padded ("SAME"); dy: [N, OH, OW, C] float32;
-// dw: [k, k, C] float32; attribute stride (s). XLA reduces over N, H, W with C minor at
-// 0.1-1 GFLOP/s; here each output pixel adds k*k vectorised rows of C products into a k*k*C
-// accumulator that stays in L1/L2 (5-14x faster on V2-S's shapes). Each image is summed on its
-// own and then added to the total, so rounding grows with pixels per image, not the batch.
+// dw: [k, k, C] float32; attribute stride (s). XLA reduces over N, H, W with C minor, far
+// below the machine's speed; here each output pixel adds k*k vectorised rows of C products
+// into a k*k*C accumulator that stays in L1/L2. Each image is summed on its own and then added
+// to the total, so rounding grows with pixels per image, not the batch.
 //
 // effnetv2_materialize: the identity, its result aliased to its operand. It marks a value that
 // XLA must write to memory once: XLA fuses cheap elementwise producers (such as the depthwise
@@ -15,9 +15,9 @@
 // recompute the producer per output element, run on one thread without vectors.
 //
 // effnetv2_spatial_mean: out[b, c] = mean_n x[b, n, c], x: [B, N, C] float32 (the
-// squeeze-excite pooling at inference). XLA's reduction loop for it runs on one thread at
-// ~1 ns an element; here the images are shared out over XLA's intra-op thread pool and each
-// sums its rows with vectorised adds.
+// squeeze-excite pooling at inference). XLA's reduction loop for it runs on one thread; here
+// the images are shared out over XLA's intra-op thread pool and each sums its rows with
+// vectorised adds.
 //
 // effnetv2_winograd_{input,output,output_adjoint,input_adjoint}: the tile transforms of
 // Winograd's F(4x4, 3x3) convolution (Lavin & Gray, 2016; interpolation points 0, +-1, +-2,
@@ -29,9 +29,9 @@
 //   output_adjoint: dy [N, H, W, K]  -> dM [36, P, K],  dM[a][p] = (A dy A^T)[a]
 //   input_adjoint:  dV [36, P, C]    -> dx [N, H, W, C], dx     += B dV B^T on each window
 // The conv is then V times the transformed kernel (G w G^T), 36 GEMMs with 4x fewer
-// multiply-adds than the direct conv (the GEMMs run in XLA, see conv_ops.py); the adjoints
-// give its exact gradient. XLA's fusions for these transforms move 4-9 GB/s; here each tile
-// is transformed in registers, rows of tiles spread over XLA's thread pool.
+// multiply-adds than the direct conv (the GEMMs run in XLA, see winograd.py); the adjoints
+// give its exact gradient. XLA's fusions for these transforms run far below memory speed; here
+// each tile is transformed in registers, rows of tiles spread over XLA's thread pool.
 //
 // effnetv2_mbconv_depthwise_inference: the middle of an MBConv block at inference, in one pass:
 //   a = act_in(u * in_scale + in_shift)           (the expansion's BN + activation)
@@ -41,13 +41,13 @@
 // [C]; y: [N, OH, OW, C]; TF "SAME" padding. Attributes: stride, act_in, act_out (0 none,
 // 1 SiLU, 2 ReLU, 3 ReLU6). XLA made seven passes over these activations (BN + act + pad, the
 // taps, BN + act, squeeze-excite's mean); here one image's activated input stays in L2 and y is
-// written once (V2-S eval at 224 px, b32: 1.05-1.06 vs 1.14-1.16 s).
+// written once.
 // effnetv2_mbconv_depthwise_se_inference: the same, then squeeze-excite on each image while its
 // y is still in cache:
 //   gate = sigmoid(se_act(mean_pixels(y) @ se_reduce + se_reduce_bias) @ se_expand
 //                  + se_expand_bias),  y *= gate
 // with se_reduce [C, S], se_reduce_bias [S], se_expand [S, C], se_expand_bias [C] and the
-// attribute se_act. XLA's gate multiply was one more pass over y (V2-S eval: 1.043 vs 1.077 s).
+// attribute se_act. XLA's gate multiply was one more pass over y.
 
 #include <algorithm>
 #include <atomic>
@@ -438,10 +438,11 @@ EFFNETV2_WINOGRAD_HANDLER(effnetv2_winograd_input_adjoint, WinogradInputAdjoint)
 namespace {
 
 // exp(x) for float32 within 2 ulp (Cephes' polynomial, Cody-Waite reduction), written so that
-// GCC vectorises it over channels (with -fno-trapping-math, see cpu_kernels.py). x is clamped
+// GCC vectorises it over channels (with -fno-trapping-math, see kernels.py). x is clamped
 // to [-87.33, 88.37], where 2^n is a normal float: below, it gives exp(-87.33) = 1.2e-38 (not a
 // denormal or 0); above, exp(88.37) = 2.4e38 (not up to inf). NaN passes through. Full range
-// handling cost 11% of the MBConv kernel's time; SiLU handles its one edge itself.
+// handling would cost a measurable part of the MBConv kernel's time; SiLU handles its one edge
+// itself.
 inline float Exp(float x) {
   float t = x < -87.33f ? -87.33f : x;
   t = t > 88.37f ? 88.37f : t;
