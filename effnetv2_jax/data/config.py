@@ -55,9 +55,13 @@ class DataConfig:
       synthetic_num_classes, synthetic_num_examples, synthetic_num_eval_examples,
         synthetic_image_size: shape of the synthetic dataset (image side in pixels).
       cache: TFDS datasets stored as TFRecord: hold this process's encoded records in host memory
-        (random access: resuming at any step is instant). False streams them from disk instead,
-        with a `shuffle_buffer`-sized shuffle, and resuming re-reads the epoch up to the resume
-        point. Datasets prepared as ArrayRecord are read by index from disk either way.
+        (random access: resuming at any step is instant) when they fit `cache_max_gb`. False, or
+        a share over the budget, streams them from disk instead, with a `shuffle_buffer`-sized
+        shuffle, and resuming re-reads the epoch up to the resume point. Datasets prepared as
+        ArrayRecord are read by index from disk either way.
+      cache_max_gb: the most encoded data (GB, 1e9 bytes) `cache` may hold per process, checked
+        against the size the dataset's metadata gives before anything is read; 0 = a quarter of
+        this host's physical memory. ImageNet's train split is about 140 GB.
       shuffle_buffer: examples per shuffle window when streaming (cache=False); a window's
         encoded records sit in memory (ImageNet: about 110 KB each). Unused otherwise:
         random-access sources shuffle the whole epoch.
@@ -89,6 +93,7 @@ class DataConfig:
     synthetic_num_eval_examples: int = 256
     synthetic_image_size: int = 64
     cache: bool = True
+    cache_max_gb: float = 0.0
     shuffle_buffer: int = 16_384
     randaug_layers: int = 2
     augment: str = "randaug"
@@ -108,6 +113,9 @@ class DataConfig:
                       "shuffle_buffer", "prefetch"):
             if getattr(self, field) < 1:
                 raise ValueError(f"{field} must be >= 1, got {getattr(self, field)}")
+        if self.cache_max_gb < 0:
+            raise ValueError(f"cache_max_gb must be >= 0 (0 = a quarter of host memory), got "
+                             f"{self.cache_max_gb}")
         if not 0.0 <= self.min_crop_area <= 1.0:
             raise ValueError(f"min_crop_area must be in [0, 1], got {self.min_crop_area}")
         if self.synthetic_num_eval_examples < 0 or self.randaug_layers < 0:

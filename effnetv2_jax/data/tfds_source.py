@@ -11,7 +11,8 @@ How a part is read depends on how the dataset was prepared and on `DataConfig.ca
 | ArrayRecord | any   | by index from disk: one Python call per   | instant      | none      |
 |             |       | 64 records (C++ reads), TF decoding       |              |           |
 | TFRecord    | True  | encoded records loaded once, by index     | instant      | encoded / |
-|             |       |                                           |              | processes |
+|             |       | (if the share fits `cache_max_gb`, else   |              | processes |
+|             |       | streamed as below)                        |              |           |
 | TFRecord    | False | streamed: files shuffled per epoch, 16    | re-reads the | one       |
 |             |       | interleaved, shuffled in windows of       | epoch up to  | window    |
 |             |       | `shuffle_buffer` records                  | s, undecoded |           |
@@ -41,6 +42,8 @@ tfds = require("tensorflow_datasets", "data")
 
 _MEMORY_CACHE: dict[tuple, MemoryShard] = {}
 _MEMORY_CACHE_SIZE = 4  # train + eval of this stage and the previous one
+# Where the metadata has no size: an ImageNet JPEG's average, about 110 KB.
+_ASSUMED_BYTES_PER_EXAMPLE = 110_000
 
 
 def _default_data_dir() -> str:
@@ -125,7 +128,8 @@ def open_shard(builder: tfds.core.DatasetBuilder, config: DataConfig, split: str
     args = (builder, part, config.image_key, config.label_key, offset, max(sizes))
     if builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD:
         return ArrayRecordShard(*args)
-    if not config.cache:
+    if not config.cache or not _cache_fits(builder, part, config.cache_max_gb,
+                                           config.shuffle_buffer):
         return StreamShard(*args, window=config.shuffle_buffer)
     cache_key = (os.fspath(builder.data_dir), str(part), config.image_key, config.label_key)
     if cache_key not in _MEMORY_CACHE:
@@ -133,6 +137,41 @@ def open_shard(builder: tfds.core.DatasetBuilder, config: DataConfig, split: str
             _MEMORY_CACHE.pop(next(iter(_MEMORY_CACHE)))
         _MEMORY_CACHE[cache_key] = _load_into_memory(*args)
     return _MEMORY_CACHE[cache_key]
+
+
+def encoded_bytes(builder: tfds.core.DatasetBuilder, part: str) -> int:
+    """Estimated bytes of the split expression `part` as stored, from the metadata alone: its
+    examples times the dataset's recorded bytes per example (TFDS records sizes for whole
+    splits only, not for expressions such as "train+test" or "train[:50%]")."""
+    splits = builder.info.splits.values()
+    recorded = sum(int(s.num_bytes) for s in splits)
+    examples = sum(s.num_examples for s in splits)
+    per_example = recorded / examples if recorded and examples else _ASSUMED_BYTES_PER_EXAMPLE
+    return int(num_examples(builder, part) * per_example)
+
+
+def cache_budget_bytes(cache_max_gb: float) -> int:
+    """`cache_max_gb` in bytes; 0 = a quarter of this host's physical memory."""
+    if cache_max_gb > 0:
+        return int(cache_max_gb * 1e9)
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+
+
+def _cache_fits(builder, part: str, cache_max_gb: float, window: int) -> bool:
+    """Whether this process's part may be held in memory; logs the estimate."""
+    needed, budget = encoded_bytes(builder, part), cache_budget_bytes(cache_max_gb)
+    if needed <= budget:
+        logging.info("caching %s[%s] in memory: about %.2f GB of encoded records (budget "
+                     "%.2f GB, data.cache_max_gb)", builder.name, part, needed / 1e9,
+                     budget / 1e9)
+        return True
+    logging.warning(
+        "not caching %s[%s]: its encoded records are about %.2f GB, over this process's "
+        "budget of %.2f GB (data.cache_max_gb); streaming from disk with shuffle windows of %d "
+        "records instead (a resume re-reads the epoch up to its step). Prepare the dataset with "
+        "`tfds build --file_format=array_record` for full shuffles and instant resume from "
+        "disk.", builder.name, part, needed / 1e9, budget / 1e9, window)
+    return False
 
 
 def clear_cache() -> None:

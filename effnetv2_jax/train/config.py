@@ -52,7 +52,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.synthetic_num_examples = 1024
     c.data.synthetic_num_eval_examples = 256
     c.data.synthetic_image_size = 64
-    c.data.cache = True                 # hold encoded records in memory (instant resume)
+    c.data.cache = True                 # hold encoded records in memory (instant resume) ...
+    c.data.cache_max_gb = 0.0           # ... if this process's share fits (0: 1/4 of host RAM)
     c.data.shuffle_buffer = 16384
     c.data.num_parallel_calls = -1      # -1 = tf.data AUTOTUNE
     c.data.prefetch = 2
@@ -83,6 +84,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.init_use_ema = True         # take its EMA weights (as the official fine-tunes)
     c.train.require_init_checkpoint = False  # fine-tunes: refuse to start without one
     c.train.log_every_steps = 100
+    c.train.device_prefetch = 2         # batches put on the devices ahead of the step (0: none)
     c.train.profile_steps = 0           # > 0: profile this many steps after the first log
     c.train.on_nonfinite = "stop"       # NaN/inf loss or gradient: stop (naming the step; the
                                         # last good checkpoint is kept) | skip the update
@@ -162,7 +164,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in ("train.num_epochs", "train.num_steps", "train.weight_decay",
                 "train.label_smoothing", "train.grad_clip_norm", "train.warmup_epochs",
                 "model.num_classes", "eval.global_batch_size", "eval.every_steps",
-                "eval.image_size", "checkpoint.keep_best", "train.profile_steps"):
+                "eval.image_size", "checkpoint.keep_best", "train.profile_steps",
+                "train.device_prefetch"):
         _positive(config, key, allow_zero=True)
     if config.train.num_steps == 0 and config.train.num_epochs == 0:
         raise ValueError("config.train.num_steps or config.train.num_epochs must be > 0")

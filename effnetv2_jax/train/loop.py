@@ -40,12 +40,14 @@ def run_evaluation(run: Run, eval_step, state: TrainState) -> dict[str, float]:
     iterator = data.make_eval_iterator(
         run.data_config, run.preprocess, image_size=run.eval_size, global_batch_size=batch,
         process_index=jax.process_index(), process_count=jax.process_count())
+    batches = sharding.prefetch_to_mesh(iterator, run.mesh, run.config.train.device_prefetch)
     try:
-        for local in iterator:
-            sums = jax.device_get(eval_step(state, sharding.global_batch(local, run.mesh)))
+        for _, global_batch in batches:
+            sums = jax.device_get(eval_step(state, global_batch))
             for k, v in sums.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
     finally:
+        batches.close()
         getattr(iterator, "close", lambda: None)()
     count = max(totals.pop("count", 0.0), 1.0)
     results = {f"eval/{k}": v / count for k, v in totals.items()}
@@ -156,7 +158,7 @@ def _train(run: Run, workdir: str, preemption: _Preemption) -> dict[str, float]:
                             num_classes=run.metadata["num_classes"]) for s in run.stages},
                         profile_steps=config.train.profile_steps)
     reporter.parameter_overview(state.params)
-    iterator, stage, results = None, None, {}
+    iterator, batches, stage, results = None, None, None, {}
     evaluate_now = lambda step: config.mode == "train_and_eval" and (  # noqa: E731
         step == run.total_steps or step == progressive.stage_at(run.stages, step - 1).end_step
         or (config.eval.every_steps and step % config.eval.every_steps == 0))
@@ -177,6 +179,7 @@ def _train(run: Run, workdir: str, preemption: _Preemption) -> dict[str, float]:
             if stage is None or step >= stage.end_step:
                 paused = time.perf_counter()
                 if iterator is not None:
+                    batches.close()
                     iterator.close()
                 stage = progressive.stage_at(run.stages, step)
                 iterator = data.make_train_iterator(
@@ -186,14 +189,17 @@ def _train(run: Run, workdir: str, preemption: _Preemption) -> dict[str, float]:
                     global_batch_size=config.train.global_batch_size, start_step=step,
                     seed=config.seed, process_index=jax.process_index(),
                     process_count=jax.process_count())
-                local = next(iterator)
+                # The next batches go to the devices while a step runs (train.device_prefetch).
+                batches = sharding.prefetch_to_mesh(iterator, run.mesh,
+                                                    config.train.device_prefetch)
+                local, global_batch = next(batches)
                 train_step = compiled[(stage.image_size, stage.dropout_rate)]  # may load it
                 reporter.stage_started(step, stage, local["image"])
                 logging.info("stage %d from step %d: %s", stage.index, step, stage)
                 reporter.pause(time.perf_counter() - paused)
             else:
-                local = next(iterator)
-            state, metrics = train_step(state, sharding.global_batch(local, run.mesh))
+                _, global_batch = next(batches)
+            state, metrics = train_step(state, global_batch)
             done = step + 1
             reporter.step_done(done, metrics, stage.image_size)
             if done % config.train.log_every_steps == 0:
@@ -215,10 +221,12 @@ def _train(run: Run, workdir: str, preemption: _Preemption) -> dict[str, float]:
     except BaseException:
         # The error in flight is the one to report; a second one while closing (the same
         # full disk) is only logged.
-        for close in (getattr(iterator, "close", None), checkpointer.close, reporter.close):
+        for close in (getattr(batches, "close", None), getattr(iterator, "close", None),
+                      checkpointer.close, reporter.close):
             _close_quietly(close)
         raise
     if iterator is not None:
+        batches.close()
         iterator.close()
     checkpointer.close()  # waits for the last asynchronous save; raises if it failed
     reporter.close()

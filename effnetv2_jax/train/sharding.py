@@ -7,6 +7,9 @@ array from the process-local numpy batch.
 
 from __future__ import annotations
 
+import collections
+from collections.abc import Iterable, Iterator
+
 import jax
 import numpy as np
 from absl import logging
@@ -111,6 +114,28 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
     """This process's slice [global / processes, ...] -> global arrays sharded on "data"."""
     sharding = batch_sharded(mesh)
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}
+
+
+def prefetch_to_mesh(local_batches: Iterable[dict[str, np.ndarray]], mesh: Mesh, size: int = 2
+                     ) -> Iterator[tuple[dict[str, np.ndarray], dict[str, jax.Array]]]:
+    """Yields (local batch, global batch on the mesh), keeping `size` batches on the devices
+    ahead of the one yielded.
+
+    The copy to the devices is asynchronous, so while the step on batch i runs the next
+    batches are already on their way (on a TPU the host-to-device copy then leaves the step's
+    critical path). The batches and their order are the input's: prefetching changes when a
+    batch is copied, never which. `size=0` copies each batch when it is asked for. Memory: up
+    to `size + 1` global batches on the devices, as many local batches on the host.
+    """
+    if size < 0:
+        raise ValueError(f"prefetch size must be >= 0, got {size}")
+    queue: collections.deque = collections.deque()
+    for local in local_batches:
+        queue.append((local, global_batch(local, mesh)))
+        if len(queue) > size:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()
 
 
 def bn_groups(mode: str, num_devices: int, group_size: int = 8, slices: int = 1) -> int:
