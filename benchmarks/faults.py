@@ -165,14 +165,15 @@ def preemption(root: Path, cache: str, reference, runs: int, run_seconds: float,
 def damaged_checkpoints(root: Path, cache: str, reference_dir: Path):
     import numpy as np  # noqa: PLC0415
 
-    from effnetv2_jax.train import loop, sharding  # noqa: PLC0415
+    from effnetv2_jax.train import run as run_setup  # noqa: PLC0415
+    from effnetv2_jax.train import sharding  # noqa: PLC0415
     from effnetv2_jax.train.checkpoint import Checkpointer, abstract_like  # noqa: PLC0415
     sys.path.insert(0, str(REPO / "tests" / "configs"))
     import tiny  # noqa: PLC0415
 
     config = tiny.get_config()
     config.checkpoint.compile_cache_dir = cache
-    run = loop.setup(config, str(root / "fresh"))
+    run = run_setup.setup(config, str(root / "fresh"))
     run.checkpointer.close()
     target = abstract_like(run.state, sharding.replicated(run.mesh))
     newest = harness.saved_steps(reference_dir)[-1]
@@ -290,12 +291,13 @@ def bad_data(root: Path):
 def bad_configs(root: Path):
     import test_bad_config  # noqa: PLC0415
 
-    from effnetv2_jax.train import loop  # noqa: PLC0415
+    from effnetv2_jax.train import run as run_setup  # noqa: PLC0415
     early = 0
     for override, named in harness.BAD_OVERRIDES:
         try:
-            loop.setup(test_bad_config.parse(override, "--config.checkpoint.compile_cache_dir=none"),
-                       str(root / "bad_config"))
+            run_setup.setup(
+                test_bad_config.parse(override, "--config.checkpoint.compile_cache_dir=none"),
+                str(root / "bad_config"))
         except Exception as error:  # noqa: BLE001
             early += named in str(error)
     table("Bad config overrides and block strings", ["tried", "failed early naming the value"],

@@ -16,6 +16,7 @@ import pytest
 
 from effnetv2_jax import data
 from effnetv2_jax.train import loop
+from effnetv2_jax.train import run as run_setup
 from effnetv2_jax.train.checkpoint import CheckpointError, read_state
 
 sys.path.insert(0, str(Path(__file__).parent / "configs"))
@@ -138,7 +139,7 @@ def test_fine_tune_warm_starts_from_a_checkpoint_with_a_new_head(uninterrupted, 
     config = tiny_config(compile_cache)
     config.data.synthetic_num_classes = 3            # a new class count: a new head
     config.train.init_checkpoint = str(uninterrupted[0])
-    run = loop.setup(config, str(tmp_path))
+    run = run_setup.setup(config, str(tmp_path))
     params = jax.device_get(run.state.params)
     np.testing.assert_array_equal(params["stem_conv"]["kernel"],
                                   source["ema_params"]["stem_conv"]["kernel"])
@@ -149,4 +150,4 @@ def test_fine_tune_warm_starts_from_a_checkpoint_with_a_new_head(uninterrupted, 
 
     config.model.block_strings = ("r1_k3_s1_e1_i8_o8_c1", "r1_k3_s2_e4_i8_o24_se0.25")
     with pytest.raises(CheckpointError, match=r"does not fit this model.*project_conv"):
-        loop.setup(config, str(tmp_path / "other"))
+        run_setup.setup(config, str(tmp_path / "other"))

@@ -30,7 +30,8 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from effnetv2_jax.models.counting import count_flops
-from effnetv2_jax.train import loop, sharding
+from effnetv2_jax import train as training  # the public train_and_evaluate / evaluate
+from effnetv2_jax.train import sharding
 from effnetv2_jax.train import run as run_setup
 from effnetv2_jax.train.checkpoint import Checkpointer
 from effnetv2_jax.train.compiled_steps import compile_train_steps
@@ -150,13 +151,13 @@ def train_candidate(config: ml_collections.ConfigDict, workdir: str, *,
                          f"held-out accuracy, got {config.mode!r}")
     start = time.perf_counter()
     seconds, params, flops, total_steps = _measure(config, workdir, timed_steps)
-    results = loop.train_and_evaluate(config, workdir)
+    results = training.train_and_evaluate(config, workdir)
     latest = _latest_step(workdir, config)
     if latest is None or latest < total_steps:
         raise CandidateInterrupted(f"training in {workdir} stopped at step {latest} of "
                                    f"{total_steps}; run again to resume it")
     if not results:  # already trained to the end by an earlier, interrupted search
-        results = loop.evaluate(config, workdir)
+        results = training.evaluate(config, workdir)
     key = accuracy_key(config)
     result = ProxyResult(accuracy=float(results[key]), step_seconds=seconds, params=params,
                          flops=flops)

@@ -20,11 +20,13 @@ def parse(*overrides):
 
 @pytest.mark.parametrize("override, named", harness.BAD_OVERRIDES)
 def test_bad_override_fails_early_naming_the_value(override, named, tmp_path, monkeypatch):
+    # The training entry point, with compilation recorded instead of run: a bad value must stop
+    # it before the first compile.
     compiled = []
     monkeypatch.setattr(loop, "compile_train_steps", lambda run, *args: compiled.append(run))
     with pytest.raises(Exception) as error:  # noqa: PT011 - the type varies; the text matters
-        loop.setup(parse(override, "--config.checkpoint.compile_cache_dir=none"),
-                   str(tmp_path))
+        loop.train_and_evaluate(parse(override, "--config.checkpoint.compile_cache_dir=none"),
+                                str(tmp_path))
     assert not compiled
     message = str(error.value)
     assert named in message, f"{override}: {type(error.value).__name__}: {message}"

@@ -11,7 +11,8 @@ import pytest
 
 import harness
 from conftest import tiny_config
-from effnetv2_jax.train import loop, sharding
+from effnetv2_jax.train import run as run_setup
+from effnetv2_jax.train import sharding
 from effnetv2_jax.train.checkpoint import Checkpointer, CheckpointError, abstract_like
 
 pytestmark = pytest.mark.slow  # trains, then damages and restores each checkpoint part
@@ -20,7 +21,7 @@ pytestmark = pytest.mark.slow  # trains, then damages and restores each checkpoi
 @pytest.fixture(scope="module")
 def target(reference, tmp_path_factory, compile_cache):
     """The restore target (abstract train state on the mesh) of the tiny model."""
-    run = loop.setup(tiny_config(compile_cache), str(tmp_path_factory.mktemp("fresh")))
+    run = run_setup.setup(tiny_config(compile_cache), str(tmp_path_factory.mktemp("fresh")))
     run.checkpointer.close()
     return abstract_like(run.state, sharding.replicated(run.mesh))
 
@@ -77,7 +78,7 @@ def test_every_step_damaged_refuses_to_start_from_scratch(reference, tmp_path, c
     for step in harness.saved_steps(tmp_path):
         harness.damage(directory / str(step), "truncate array data")
     with pytest.raises(CheckpointError, match="refusing to start from scratch") as error:
-        loop.setup(tiny_config(compile_cache), str(tmp_path))
+        run_setup.setup(tiny_config(compile_cache), str(tmp_path))
     for step in harness.saved_steps(tmp_path):
         assert f"step {step}:" in str(error.value)
 
@@ -92,6 +93,6 @@ def test_another_model_is_refused_naming_the_first_mismatching_array(blocks, arr
     config = tiny_config(compile_cache)
     config.model.block_strings = blocks
     with pytest.raises(CheckpointError, match="refusing to start from scratch") as error:
-        loop.setup(config, str(tmp_path))
+        run_setup.setup(config, str(tmp_path))
     message = str(error.value)
     assert "a different model or shape: array '" in message and array in message, message
