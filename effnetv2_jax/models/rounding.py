@@ -1,6 +1,6 @@
 """Width and depth scaling of block specs: the official `round_filters` and `round_repeats`.
 
-Two filter-rounding rules exist (reference section 1.4):
+Two filter-rounding rules exist (`round_filters` of the two official code bases):
   * "v2" (google/automl efficientnetv2): round `filters * width` to the nearest multiple of the
     divisor, at least `min_depth`.
   * "v1" (tensorflow/tpu efficientnet, Lite): the same, plus "never round down by more than 10%":
