@@ -24,12 +24,11 @@ import jax
 import jax.numpy as jnp
 
 from effnetv2_jax.cpu import convs, kernels
-from effnetv2_jax.models.ops import XlaOps
 
 
 @dataclasses.dataclass(frozen=True)
-class CpuOps(XlaOps):
-    """XLA:CPU's ops (see the module docstring); the interface is `models.ops.XlaOps`."""
+class CpuOps:
+    """XLA:CPU's ops (see the module docstring), an implementation of `models.ops.Ops`."""
 
     name = "cpu"
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from effnetv2_jax.models.ops import XLA, XlaOps
+from effnetv2_jax.models.ops import XLA, Ops
 
 # Official initialisers (official `effnetv2_model.py`, `conv_kernel_initializer` and
 # `dense_kernel_initializer`): conv kernels N(0, sqrt(2/fan_out)) with fan_out = kh*kw*out
@@ -63,7 +63,7 @@ class Conv2D(nnx.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1, *,
-                 stride: int = 1, use_bias: bool = False, ops: XlaOps = XLA,
+                 stride: int = 1, use_bias: bool = False, ops: Ops = XLA,
                  dtype=jnp.float32, key: jax.Array):
         self.kernel = nnx.Param(conv_kernel_init(
             key, (kernel_size, kernel_size, in_channels, out_channels), jnp.float32))
@@ -88,7 +88,7 @@ class DepthwiseConv2D(nnx.Module):
     """
 
     def __init__(self, channels: int, kernel_size: int, *, stride: int = 1,
-                 ops: XlaOps = XLA, dtype=jnp.float32, key: jax.Array):
+                 ops: Ops = XLA, dtype=jnp.float32, key: jax.Array):
         self.kernel = nnx.Param(depthwise_kernel_init(
             key, (kernel_size, kernel_size, 1, channels), jnp.float32))
         self.stride = stride
@@ -243,7 +243,7 @@ class SqueezeExcite(nnx.Module):
     """
 
     def __init__(self, channels: int, squeeze_channels: int, *, activation: str,
-                 ops: XlaOps = XLA, dtype=jnp.float32, key: jax.Array):
+                 ops: Ops = XLA, dtype=jnp.float32, key: jax.Array):
         reduce_key, expand_key = jax.random.split(key)
         self.reduce = Conv2D(channels, squeeze_channels, 1, use_bias=True, dtype=dtype,
                              key=reduce_key)
@@ -278,7 +278,7 @@ class LayerFactory:
       bn_momentum, bn_epsilon: the BatchNorm convention (`BatchNorm`).
     """
 
-    ops: XlaOps
+    ops: Ops
     dtype: Any
     bn_momentum: float
     bn_epsilon: float

@@ -12,15 +12,17 @@ interface is what the XLA:CPU speed layer needs to replace:
   mbconv_inference(block, x)         an MBConv block's middle at inference in one pass, or
                                      None: the block then computes it layer by layer
 
-`XlaOps` is XLA's implementation (the reference; TPU, GPU, exported programs). The CPU one is
-`effnetv2_jax.cpu.ops.CpuOps`, which gives the same numbers faster on XLA:CPU; `ops_for` loads
-it, and nothing else in `models/` imports the `cpu` package. The names users and configs give
+`Ops` is the interface. `XlaOps` is XLA's implementation (the reference; TPU, GPU, exported
+programs). The CPU one is `effnetv2_jax.cpu.ops.CpuOps`, which gives the same numbers faster on
+XLA:CPU; `ops_for` loads it, and nothing else in `models/` imports the `cpu` package (which
+imports nothing of this module, so there is no import cycle). The names users and configs give
 (`conv_impl="xla" | "cpu" | None`, config key `model.conv_impl`) map to them here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Protocol
 
 import jax
 import jax.numpy as jnp
@@ -57,13 +59,27 @@ def resolve_conv_impl(impl: str | None, platform: str | None = None) -> str:
     return impl
 
 
+class Ops(Protocol):
+    """What a model's layers compute with (module docstring). Implementations are stateless
+    frozen dataclasses, compared by type: a model holds one as a static attribute, so it hashes
+    the same in every process and each jitted step compiles once."""
+
+    name: str
+
+    def conv(self, x, kernel, stride: int): ...
+
+    def depthwise_conv(self, x, kernel, stride: int): ...
+
+    def spatial_mean(self, x, *, train: bool): ...
+
+    def gate(self, x, gate): ...
+
+    def mbconv_inference(self, block, x): ...
+
+
 @dataclasses.dataclass(frozen=True)
 class XlaOps:
-    """XLA's ops: the interface (module docstring) and its reference implementation.
-
-    Stateless and compared by type, so a model holding one (a static attribute) hashes the same
-    in every process and each jitted step compiles once.
-    """
+    """XLA's ops: the reference implementation of `Ops`."""
 
     name = "xla"
 
@@ -98,7 +114,7 @@ class XlaOps:
 XLA = XlaOps()
 
 
-def ops_for(conv_impl: str) -> XlaOps:
+def ops_for(conv_impl: str) -> Ops:
     """The ops for a resolved conv impl ("xla" or "cpu", see `resolve_conv_impl`)."""
     if conv_impl == "xla":
         return XLA
