@@ -4,7 +4,7 @@ numbers of the paper (Tan & Le 2021, sections 5.1-5.3, Tables 6 and 8) and the o
 `efficientnet_builder.py`, `main.py` for V1).
 
 Loading goes through ml_collections' own file parser (`--config=configs/X.py:ARG`), so a recipe
-that only works when imported some other way fails here. Building uses `loop.setup` (no
+that only works when imported some other way fails here. Building uses `run.setup` (no
 compilation) on a tiny override; four representative recipes train two real steps.
 """
 
@@ -17,7 +17,7 @@ from absl import flags
 from config_parsing import parse_command_line
 
 from effnetv2_jax.models.factory import resolve_model_args
-from effnetv2_jax.train import hardware, loop, progressive
+from effnetv2_jax.train import hardware, loop, progressive, run
 from effnetv2_jax.train.config import validate
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -42,8 +42,8 @@ def load(name: str, arg: str = ""):
 
 
 def schedule(config) -> progressive.Schedule:
-    _, variant = resolve_model_args(config.model.name, loop.model_overrides(config))
-    return loop.stage_schedule(config, variant)
+    _, variant = resolve_model_args(config.model.name, run.model_overrides(config))
+    return run.stage_schedule(config, variant)
 
 
 def stages(config, total_steps: int = 1000) -> list[progressive.Stage]:
@@ -95,9 +95,9 @@ def test_every_recipe_loads_validates_and_sets_up(name, arg, cache_dir, tmp_path
         config.train.init_checkpoint = "/path/to/checkpoint"
     validate(config)
     assert config.is_locked, "a misspelt --config.key must fail"
-    run = loop.setup(tiny(config, cache_dir), str(tmp_path))
-    assert run.total_steps == 4 and len(run.stages) == config.progressive.num_stages
-    run.checkpointer.close()
+    built = run.setup(tiny(config, cache_dir), str(tmp_path))
+    assert built.total_steps == 4 and len(built.stages) == config.progressive.num_stages
+    built.checkpointer.close()
 
 
 def test_every_recipe_documents_its_command_and_expected_result():
@@ -374,7 +374,7 @@ def test_recipes_load_without_tensorflow():
         "from config_parsing import parse_command_line\n"
         f"c = parse_command_line('--config={CONFIGS}/finetune.py:dataset=cars,model=l')\n"
         "print(c.model.name, c.data.name)\n")
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=120)
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert run.stdout.split() == ["efficientnetv2-l", "cars196"]
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["efficientnetv2-l", "cars196"]

@@ -47,8 +47,9 @@ def test_importing_the_package_changes_nothing_and_imports_no_jax():
     done = subprocess.run([sys.executable, "-c", code], env=_user_env(), cwd=REPO,
                           capture_output=True, text=True, timeout=120, check=True)
     assert json.loads(done.stdout) == [True, False, None], done.stdout
-    # The package's API still resolves on first use.
-    code = ("import os, effnetv2_jax; before = dict(os.environ); "
+    # The package's API still resolves on first use. JAX's backends start first: with libtpu
+    # installed (the test extra), JAX's own TPU plugin setup sets TPU_* variables.
+    code = ("import os, jax, effnetv2_jax; jax.devices(); before = dict(os.environ); "
             "n = effnetv2_jax.count_params('efficientnet-b0')['trainable']; "
             "print(n, before == dict(os.environ), effnetv2_jax.predict.__module__)")
     done = subprocess.run([sys.executable, "-c", code], env=_user_env(), cwd=REPO,

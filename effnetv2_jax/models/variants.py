@@ -2,8 +2,9 @@
 
 EfficientNetV2 S/M/L/XL and B0-B3 (google/automl `effnetv2_configs.py`), EfficientNet V1 B0-B8 and
 L2 (tensorflow/tpu `efficientnet_builder.py`, with V1's "never round down more than 10%" rule),
-and EfficientNet-Lite0-4 (tensorflow/tpu `lite/efficientnet_lite_builder.py`). Numbers come from
-`shared/reference/efficientnetv2.md` sections 1.2-1.4 and 4.
+and EfficientNet-Lite0-4 (tensorflow/tpu `lite/efficientnet_lite_builder.py`). Block strings,
+width/depth/dropout and image sizes come from those files; the eval preprocessing metadata from
+the official `preprocessing.py` of each repository.
 
 Defaults follow the official code where it differs from the paper: V2 BN momentum 0.9 (paper
 0.99), fixed per-model dropout. Every field can be overridden in `create_model`.

@@ -11,6 +11,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from effnetv2_jax import cpu
+from effnetv2_jax.train import config_check
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Search config file (a training "
                                           "config with a `nas` section).", lock_config=True)
@@ -48,7 +49,7 @@ def run() -> None:
     """The `effnetv2-nas` console script (setup.py): `python -m effnetv2_jax.nas` under another
     name, with the XLA:CPU flags set first (cpu/xla_flags.py)."""
     cpu.configure_process(restart_allocator=False)
-    app.run(main)
+    app.run(main, flags_parser=config_check.parse_flags)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from ml_collections import config_flags
 from effnetv2_jax import cpu
 from effnetv2_jax.models.arch import resolve_arch
 from effnetv2_jax.scaling import compound, grid_search, v2_rule
+from effnetv2_jax.train import config_check
 
 
 HELP_FLAGS = ("-h", "--help", "-?", "--helpshort", "--helpfull")
@@ -216,7 +217,14 @@ def main(argv: list[str] | None = None) -> int:
     cpu.configure_process(restart_allocator=False)  # XLA:CPU flags (cpu/xla_flags.py)
     try:
         f = parse_flags(argv)
-    except flags.Error as error:
+    except Exception as error:
+        # A misspelt key in --base.KEY=... or in the base file: one line, as the other commands.
+        unknown = config_check.diagnose(argv, "base") or config_check.from_exception(error)
+        if unknown is not None:
+            print(f"effnetv2_jax.scaling: {unknown}", file=sys.stderr)
+            return 2
+        if not isinstance(error, flags.Error):
+            raise
         print(f"error: {error}\nusage: python -m effnetv2_jax.scaling --base=CONFIG "
               f"[--phi=1..4] [--rule=v1|v2|both] [--out=DIR] | --search --workdir=DIR",
               file=sys.stderr)

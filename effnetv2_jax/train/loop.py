@@ -26,11 +26,10 @@ from effnetv2_jax.train import progressive, sharding
 from effnetv2_jax.train.checkpoint import Checkpointer
 from effnetv2_jax.train.compiled_steps import compile_train_steps, eval_steps
 from effnetv2_jax.train.reporting import Reporter
-from effnetv2_jax.train.run import Run, model_overrides, setup, stage_schedule
+from effnetv2_jax.train.run import Run, model_overrides, setup
 from effnetv2_jax.train.state import TrainState
 
-__all__ = ["Run", "evaluate", "evaluate_run", "model_overrides", "run_evaluation", "setup",
-           "stage_schedule", "train_and_evaluate"]
+__all__ = ["evaluate", "evaluate_run", "run_evaluation", "train_and_evaluate"]
 
 
 def run_evaluation(run: Run, eval_step, state: TrainState) -> dict[str, float]:

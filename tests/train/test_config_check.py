@@ -131,3 +131,19 @@ def test_other_flag_errors_are_still_absl_s(tmp_path):
     assert result.returncode == 1
     assert "invalid literal for int()" in result.stderr and "unknown config key" not in \
         result.stderr
+
+
+@pytest.mark.parametrize("module, config_flag", [("effnetv2_jax.nas", "config"),
+                                                 ("effnetv2_jax.scaling", "base")])
+def test_search_and_scaling_commands_say_it_in_one_line_too(tmp_path, module, config_flag):
+    """The other commands that take a config file report a misspelt key the same way."""
+    env = {**os.environ, "EFFNETV2_JAX_ALLOCATOR": "system"}
+    result = subprocess.run([sys.executable, "-m", module, f"--{config_flag}={TINY}",
+                             f"--{config_flag}.train.batchsize=8",
+                             f"--workdir={tmp_path / 'workdir'}"],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        f"{module}: unknown config key 'train.batchsize'; did you mean "
+        "'train.global_batch_size'?"]
+    assert not (tmp_path / "workdir").exists()
