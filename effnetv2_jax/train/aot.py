@@ -31,8 +31,9 @@ from etils import epath
 
 from effnetv2_jax import cpu, data
 from effnetv2_jax.train import inputs, topology
-from effnetv2_jax.train.compiled_steps import (FIT_ADVICE, StepSpec, compile_spec, device_memory,
-                                               eval_step_spec, memory_needed, train_step_specs)
+from effnetv2_jax.train.compiled_steps import (StepSpec, compile_spec, device_memory,
+                                               eval_step_spec, fit_advice, memory_needed,
+                                               train_step_specs)
 from effnetv2_jax.train.run import Run, plan
 
 # Custom calls libtpu itself puts in TPU programs (seen in this project's compiled steps);
@@ -259,7 +260,8 @@ def format_report(report: Report) -> str:
     for s in report.steps:
         if not s.fits:
             lines.append(f"FAILED {s.step} ({s.image_size} px, {s.batch_per_device} per {unit}) "
-                         f"does not fit: {s.fit_note}; to fit: {FIT_ADVICE}")
+                         f"does not fit: {s.fit_note}; to fit: "
+                         f"{fit_advice(report.remat, report.dtype)}")
         if s.error:
             lines.append(f"FAILED {s.step} ({s.image_size} px): {s.error}")
     return "\n".join(lines)

@@ -52,7 +52,7 @@ def device_memory(mesh: jax.sharding.Mesh) -> float | None:
     return stats.get("bytes_limit") or topology.memory_of_kind(device.device_kind)
 
 
-def _check_fits(name: str, compiled, mesh: jax.sharding.Mesh) -> None:
+def _check_fits(name: str, compiled, mesh: jax.sharding.Mesh, advice: str) -> None:
     """Logs the executable's memory and fails now if it exceeds a device's memory."""
     analysis = compiled.memory_analysis()
     if analysis is None:
@@ -63,12 +63,19 @@ def _check_fits(name: str, compiled, mesh: jax.sharding.Mesh) -> None:
     limit = device_memory(mesh)
     if limit and needed > limit:
         raise MemoryError(f"{name} needs {needed / 2**30:.2f} GiB per device but the device has "
-                          f"{limit / 2**30:.2f} GiB: {FIT_ADVICE}")
+                          f"{limit / 2**30:.2f} GiB: {advice}")
 
 
-FIT_ADVICE = ("lower train.global_batch_size (or the stage's image size), set "
-              "model.remat=True (recompute each block in the backward), or use "
-              "model.dtype=bfloat16")
+def fit_advice(remat: bool, dtype: str) -> str:
+    """What would make a step that does not fit fit, given the model's `remat` and `dtype`."""
+    remedies = ["lower train.global_batch_size (or the stage's image size)"]
+    if not remat:
+        remedies.append("set model.remat=True (recompute each block in the backward)")
+    if dtype != "bfloat16":
+        remedies.append("use model.dtype=bfloat16")
+    if len(remedies) == 1:
+        remedies.append("use more chips (a larger slice, or --slices)")
+    return ", ".join(remedies[:-1]) + ", or " + remedies[-1]
 
 
 def _step_description(run: Run, **stage) -> dict:
@@ -189,7 +196,9 @@ def compile_spec(run: Run, spec: StepSpec, accept=None) -> exported_steps.Compil
         spec.step_fn, spec.args, name=spec.name, out_sharding=sharding.replicated(run.mesh),
         donate_first=spec.donate_first, description=spec.description,
         cache_dir=run.compile_cache_dir,
-        accept=accept or (lambda compiled: _check_fits(spec.what, compiled, run.mesh)))
+        accept=accept or (lambda compiled: _check_fits(spec.what, compiled, run.mesh,
+                                                       fit_advice(run.config.model.remat,
+                                                                  run.config.model.dtype))))
     logging.info("%s compiled in %.1f s%s", spec.what, time.perf_counter() - start,
                  " (stored trace)" if stored else "")
     return step

@@ -176,3 +176,17 @@ def test_compile_mode_names_the_stage_that_does_not_fit(tmp_path):
     report = json.loads((tmp_path / "compile_v5litepod-4.json").read_text())
     assert [s["fits"] for s in report["steps"]][:2] == [False, False]
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("remat, dtype, named, not_named", [
+    (False, "float32", ["global_batch_size", "model.remat=True", "model.dtype=bfloat16"],
+     ["more chips"]),
+    (False, "bfloat16", ["global_batch_size", "model.remat=True"],
+     ["model.dtype=bfloat16", "more chips"]),
+    (True, "bfloat16", ["global_batch_size", "more chips"],
+     ["model.remat=True", "model.dtype=bfloat16"]),
+])
+def test_fit_advice_names_only_what_the_config_does_not_already_do(remat, dtype, named,
+                                                                   not_named):
+    advice = compiled_steps.fit_advice(remat, dtype)
+    assert all(n in advice for n in named) and not any(n in advice for n in not_named), advice
