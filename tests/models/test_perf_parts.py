@@ -18,7 +18,7 @@ from effnetv2_jax.models.factory import resolve_model_args
 from effnetv2_jax.models.layers import batch_norm_act, get_activation
 from effnetv2_jax.train.state import merge_model, split_model
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 BLOCKS = ("r2_k3_s1_e1_i8_o8_c1", "r1_k3_s2_e4_i8_o16", "r1_k3_s2_e4_i16_o16_se0.25")
 # Small, but deep enough at full resolution that the saved activations dominate the memory.

@@ -21,7 +21,7 @@ from effnetv2_jax.scaling import (ALPHA, BETA, GAMMA, Candidate, base_from_confi
 from effnetv2_jax.scaling.__main__ import main as cli_main
 from effnetv2_jax.scaling.grid_search import RESULTS_FILE, read_results
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "tests" / "configs" / "tiny.py"
 
 
@@ -118,7 +118,7 @@ def test_v2_rule_on_s_lands_between_s_and_l():
     """Paper section 4.3: M and L come from S by this rule; measured here with the counters."""
     s = base_from_variant("efficientnetv2-s")
     flops = {n: count_flops(f"efficientnetv2-{n}") for n in "sml"}
-    # Trainable parameters of S, M and L: the official unit test's (pinned in test_counts.py).
+    # Trainable parameters of S, M and L: the official unit test's (pinned in tests/models/test_counts.py).
     params = {"s": 21_458_488, "m": 54_139_356, "l": 118_515_272}
     for phi in (1, 2, 3, 4):
         member = v2_scale(s, phi)
