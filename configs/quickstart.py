@@ -9,7 +9,7 @@ Fused-MBConv stages, then MBConv stages with squeeze-and-excitation. Two progres
 the image size from 32 to 48 pixels, with RandAugment and dropout growing alongside.
 
 Expected on 2 CPU cores: 97.8% held-out top-1 (EMA weights; eval/ema_top1=0.9778) in about
-1.5-2 minutes, compilation included. The run is deterministic, but formulations that differ only
+1.5-3 minutes, compilation included. The run is deterministic, but formulations that differ only
 in float rounding move it by an image or three of 360 (97.8-98.6% seen).
 """
 
