@@ -25,6 +25,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from effnetv2_jax import paths
 from effnetv2_jax._extras import require
 from effnetv2_jax.models.efficientnet import EfficientNet
 from effnetv2_jax.models.factory import abstract_model
@@ -94,33 +95,37 @@ class LoadedModel:
 
 def find_checkpoint(path: str, step: int | None = None) -> str:
     """A step directory (`.../checkpoints/<step>`), a checkpoints directory or a workdir (with
-    `checkpoints/`) -> the step directory: `step`, or the newest."""
-    path = os.path.abspath(os.path.expanduser(path))
-    if os.path.isdir(os.path.join(path, "state")):
-        return path
-    directory = os.path.join(path, _CHECKPOINTS_SUBDIR)
-    if not os.path.isdir(directory):
+    `checkpoints/`), local or remote (gs://...) -> the step directory: `step`, or the newest."""
+    path = paths.resolve(path)
+    if (path / "state").is_dir():
+        return os.fspath(path)
+    directory = path / _CHECKPOINTS_SUBDIR
+    if not directory.is_dir():
         directory = path
-    if not os.path.isdir(directory):
+    if not directory.is_dir():
         raise FileNotFoundError(f"no checkpoint at {path}: not a directory")
-    # Orbax renames a step's temporary directory to the bare step number once it is complete.
-    steps = sorted(int(d) for d in os.listdir(directory)
-                   if d.isdigit() and os.path.isdir(os.path.join(directory, d, "state")))
+    import orbax.checkpoint as ocp
+
+    # Orbax renames a step's temporary directory to the bare step number once it is complete;
+    # on gs://, where nothing is renamed, a complete step holds its commit marker.
+    steps = sorted(int(d.name) for d in directory.iterdir()
+                   if d.name.isdigit() and (d / "state").is_dir()
+                   and ocp.path.step.is_path_finalized(d))
     if not steps:
         raise FileNotFoundError(f"no checkpoint under {path} (looked for <step>/state in "
                                 f"{directory})")
     if step is None:
-        return os.path.join(directory, str(steps[-1]))
+        return os.fspath(directory / str(steps[-1]))
     if step not in steps:
         raise FileNotFoundError(f"no step {step} in {directory} (steps: {steps})")
-    return os.path.join(directory, str(step))
+    return os.fspath(directory / str(step))
 
 
 def _read_metadata(step_dir: str) -> dict:
     import orbax.checkpoint as ocp
 
     with ocp.Checkpointer(ocp.JsonCheckpointHandler()) as checkpointer:
-        return dict(checkpointer.restore(os.path.join(step_dir, "metadata")))
+        return dict(checkpointer.restore(f"{step_dir}/metadata"))
 
 
 def load_checkpoint(path: str, *, step: int | None = None, use_ema: bool = True,
@@ -128,7 +133,8 @@ def load_checkpoint(path: str, *, step: int | None = None, use_ema: bool = True,
     """Loads a trained or converted checkpoint onto the CPU.
 
     Args:
-      path: a workdir (holding `checkpoints/`), a checkpoints directory or one step directory.
+      path: a workdir (holding `checkpoints/`), a checkpoints directory or one step directory,
+        local or remote (gs://bucket/...).
       step: the step to load (default: the newest).
       use_ema: load the EMA weights (the default, as the official evaluation); False loads the
         raw ones.
@@ -156,7 +162,7 @@ def load_checkpoint(path: str, *, step: int | None = None, use_ema: bool = True,
         item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
         partial_restore=True)
     with ocp.PyTreeCheckpointer() as checkpointer:
-        restored = checkpointer.restore(os.path.join(step_dir, "state"), args=args)
+        restored = checkpointer.restore(f"{step_dir}/state", args=args)
     nnx.replace_by_pure_dict(params, restored[keys[0]])
     nnx.replace_by_pure_dict(batch_stats, restored[keys[1]])
     model = nnx.merge(graphdef, params, batch_stats)
@@ -167,7 +173,7 @@ def load_checkpoint(path: str, *, step: int | None = None, use_ema: bool = True,
     return LoadedModel(model=model, preprocessing=dict(metadata["preprocessing"]),
                        eval_size=int(metadata["eval_size"]),
                        class_names=class_names, metadata=metadata,
-                       step=int(os.path.basename(step_dir)), path=step_dir,
+                       step=int(paths.resolve(step_dir).name), path=step_dir,
                        weights="ema" if use_ema else "raw")
 
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from effnetv2_jax import paths
 from effnetv2_jax.models.variants import Variant
 
 CHECKPOINTS_SUBDIR = "checkpoints"
@@ -30,7 +30,7 @@ def sha256_files(paths: list[str]) -> str:
     """SHA-256 of the files' bytes, concatenated in the given order (one file: its checksum)."""
     digest = hashlib.sha256()
     for path in paths:
-        with open(path, "rb") as f:
+        with paths.resolve(path).open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
     return digest.hexdigest()
@@ -62,27 +62,28 @@ def checkpoint_metadata(variant: Variant, *, num_classes: int, class_names: list
 
 
 def check_output(output_dir: str, overwrite: bool = False) -> str:
-    """`<output_dir>/checkpoints`, after checking it holds no checkpoints (unless `overwrite`).
+    """`<output_dir>/checkpoints` (local or gs://...), after checking it holds no checkpoints
+    (unless `overwrite`).
 
     Raises FileExistsError naming what is there."""
-    directory = os.path.join(os.path.abspath(output_dir), CHECKPOINTS_SUBDIR)
-    if os.path.isdir(directory) and os.listdir(directory) and not overwrite:
-        raise FileExistsError(f"{directory} already holds checkpoints "
-                              f"({sorted(os.listdir(directory))}); pass --overwrite to "
-                              f"replace them or choose another --output")
-    return directory
+    directory = paths.resolve(output_dir) / CHECKPOINTS_SUBDIR
+    found = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
+    if found and not overwrite:
+        raise FileExistsError(f"{directory} already holds checkpoints ({found}); pass "
+                              f"--overwrite to replace them or choose another --output")
+    return os.fspath(directory)
 
 
 def write_checkpoint(output_dir: str, params, batch_stats, metadata: dict[str, Any], *,
                      overwrite: bool = False) -> str:
-    """Writes step 0 under `<output_dir>/checkpoints/`; returns the step directory.
+    """Writes step 0 under `<output_dir>/checkpoints/` (local or gs://...); returns the step
+    directory.
 
     params, batch_stats: pure-dict trees of numpy arrays (float32).
     Raises FileExistsError if the directory already holds checkpoints and not `overwrite`.
     """
     directory = check_output(output_dir, overwrite)
-    if os.path.isdir(directory):
-        shutil.rmtree(directory)
+    paths.remove_tree(directory)
     state = {"step": np.asarray(0, np.int32), "params": params, "batch_stats": batch_stats,
              "ema_params": params, "ema_batch_stats": batch_stats,
              "nonfinite_step": np.asarray(-1, np.int32)}
@@ -91,7 +92,7 @@ def write_checkpoint(output_dir: str, params, batch_stats, metadata: dict[str, A
         manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                 metadata=ocp.args.JsonSave(metadata)))
         manager.wait_until_finished()
-    return os.path.join(directory, "0")
+    return f"{directory}/0"
 
 
 def write_model(model, output_dir: str, *, model_name: str, class_names=(),

@@ -1,4 +1,4 @@
-"""Metrics, progress and summaries through CLU: TensorBoard plus log lines, process 0 only."""
+"""Metrics, progress and summaries through CLU: log lines, and TensorBoard events from process 0."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from effnetv2_jax.train.progressive import Stage
 metric_writers = require("clu.metric_writers", "data")
 periodic_actions = require("clu.periodic_actions", "data")
 
+from effnetv2_jax.train.summaries import EventFileWriter  # noqa: E402 (needs `data`, checked above)
+
 
 class Reporter:
     """Collects per-step metrics without blocking the device, and writes them every N steps.
@@ -28,8 +30,12 @@ class Reporter:
     def __init__(self, workdir: str, *, total_steps: int, log_every_steps: int,
                  global_batch_size: int, macs_per_image: dict[int, int] | None = None,
                  profile_steps: int = 0):
-        self.writer = metric_writers.create_default_writer(
-            workdir, just_logging=jax.process_index() > 0, asynchronous=True)
+        # Log lines on every process; TensorBoard events from process 0, through epath, so a
+        # gs:// workdir needs nothing of TensorFlow's file layer (train/summaries.py).
+        writers = [metric_writers.LoggingWriter()]
+        if jax.process_index() == 0:
+            writers.append(EventFileWriter(workdir))
+        self.writer = metric_writers.AsyncMultiWriter(writers)
         self.progress = periodic_actions.ReportProgress(
             num_train_steps=total_steps, writer=self.writer, every_steps=log_every_steps)
         self.profile = (periodic_actions.Profile(num_profile_steps=profile_steps, logdir=workdir)

@@ -22,7 +22,7 @@ from absl import logging
 from flax import nnx
 from jax.experimental.compilation_cache import compilation_cache
 
-from effnetv2_jax import data
+from effnetv2_jax import data, paths
 from effnetv2_jax.models.factory import abstract_model, create_model, resolve_model_args
 from effnetv2_jax.models.ops import resolve_conv_impl
 from effnetv2_jax.models.variants import Variant
@@ -155,7 +155,7 @@ def _enable_compile_cache(config, workdir: str) -> str | None:
     path = config.checkpoint.compile_cache_dir
     if path == "none":
         return None
-    path = path or os.path.join(os.path.abspath(workdir), "compile_cache")
+    path = os.fspath(paths.resolve(path) if path else paths.resolve(workdir) / "compile_cache")
     if jax.config.jax_compilation_cache_dir != path:
         # reset_cache makes the new directory take effect even after earlier compilations
         # in this process (a notebook, a test session).
@@ -167,7 +167,7 @@ def _enable_compile_cache(config, workdir: str) -> str | None:
 def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
     """Everything up to (and including) restoring the latest checkpoint; no compilation."""
     validate(config)
-    workdir = workdir if "://" in workdir else os.path.abspath(workdir)  # Orbax wants absolute
+    workdir = os.fspath(paths.resolve(workdir))  # gs://... as it is; a local folder absolute
     sharding.initialize_distributed(config.distributed.coordinator_address,
                                     config.distributed.num_processes,
                                     config.distributed.process_id)
@@ -178,7 +178,7 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
                                            config.train.bn_group_size,
                                            sharding.num_slices(run.mesh.devices.flat)))
     graphdef, params, batch_stats = split_model(model)
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
+    checkpointer = Checkpointer(os.fspath(paths.resolve(workdir) / "checkpoints"),
                                 keep_latest=config.checkpoint.keep_latest,
                                 keep_best=config.checkpoint.keep_best,
                                 async_save=config.checkpoint.async_save)

@@ -1,0 +1,107 @@
+"""One path layer: every path a user passes (workdirs, checkpoints, weight files, exports, data
+and image folders) goes through `etils.epath`, the layer Orbax already writes through, so gs://
+works for inference, export and conversion as it does for training.
+
+epath reads gs:// through TensorFlow's file layer when TensorFlow is installed, and through
+fsspec/gcsfs (the `gcs` extra) otherwise or with `EPATH_USE_TF=false`; the project's own files
+never go through `tf.io.gfile` directly. Readers that can only open local files (TF1 checkpoints,
+Keras .h5, torch .pth, tar archives) get a local copy (`local_copy`).
+
+Imports nothing of the package, so models, data and training code may all use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+
+from etils import epath
+
+PathLike = str | os.PathLike
+
+
+def is_remote(path: PathLike) -> bool:
+    """Whether `path` is a URI such as gs://bucket/x (not a local file)."""
+    return "://" in os.fspath(path)
+
+
+def resolve(path: PathLike) -> epath.Path:
+    """`path` as an `epath.Path`: a URI as it is; a local path with `~` expanded and made
+    absolute (Orbax and tensorstore refuse relative paths)."""
+    path = os.fspath(path)
+    if not path:
+        raise ValueError("empty path: give a local folder or a gs://bucket/... URI")
+    if is_remote(path):
+        return epath.Path(path)
+    return epath.Path(os.path.abspath(os.path.expanduser(path)))
+
+
+def copy_tree(source: PathLike, destination: PathLike) -> None:
+    """Copies file or folder `source` to `destination` (either may be remote); an existing
+    `destination` is not removed first."""
+    source, destination = epath.Path(source), epath.Path(destination)
+    if not source.is_dir():
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        destination.write_bytes(source.read_bytes())
+        return
+    destination.mkdir(parents=True, exist_ok=True)
+    for child in source.iterdir():
+        copy_tree(child, destination / child.name)
+
+
+def remove_tree(path: PathLike) -> None:
+    """Deletes file or folder `path` (local or remote) if it exists."""
+    path = epath.Path(path)
+    if path.is_dir():
+        path.rmtree()
+    elif path.exists():
+        path.unlink()
+
+
+@contextlib.contextmanager
+def local_copy(path: PathLike, *, siblings: bool = False) -> Iterator[str]:
+    """A local path holding `path`'s content, for readers that open local files only.
+
+    A local `path` is yielded as it is (absolute); a remote one is copied into a temporary
+    folder, deleted afterwards. `siblings=True` copies the files next to a remote file too
+    (a TF1 checkpoint prefix's `.index` and `.data-*` files).
+    """
+    path = resolve(path)
+    if not is_remote(path):
+        yield os.fspath(path)
+        return
+    if not path.exists() and not (siblings and list(path.parent.glob(path.name + ".*"))):
+        raise FileNotFoundError(f"nothing at {path}")
+    with tempfile.TemporaryDirectory(prefix="effnetv2_jax.") as scratch:
+        local = os.path.join(scratch, path.name)
+        if siblings and not path.is_dir():
+            for sibling in path.parent.iterdir():
+                if sibling.name == path.name or sibling.name.startswith(path.name + "."):
+                    copy_tree(sibling, os.path.join(scratch, sibling.name))
+        else:
+            copy_tree(path, local)
+        yield local
+
+
+@contextlib.contextmanager
+def staged_output(path: PathLike) -> Iterator[str]:
+    """A local path to write an output to, published at `path` when the block succeeds.
+
+    For a local `path` that is `path` itself; for a remote one a temporary local path whose
+    file or folder is copied to `path` afterwards (nothing is copied if the block fails).
+    """
+    path = resolve(path)
+    if not is_remote(path):
+        yield os.fspath(path)
+        return
+    scratch = tempfile.mkdtemp(prefix="effnetv2_jax.")
+    try:
+        local = os.path.join(scratch, path.name)
+        yield local
+        if os.path.exists(local):
+            copy_tree(local, path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
