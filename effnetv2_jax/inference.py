@@ -7,10 +7,9 @@
 
 `load_checkpoint` reads only the weights it needs (no optimizer state, no mesh), so checkpoints
 written by a multi-device training run load on one CPU. The preprocessing comes from the
-checkpoint's metadata and is applied once, by `predict`, with the data pipeline's own eval
-function (`effnetv2_jax.data.preprocess.eval_image`): the same centre crop or squash, resize and
-normalisation as evaluation during training (official `preprocessing.py`
-`preprocess_for_eval`, `preprocess_legacy.py`).
+checkpoint's metadata and is applied once, by `predict`, with `effnetv2_jax.images.eval_image`:
+the data pipeline's eval function (official `preprocessing.py` `preprocess_for_eval`,
+`preprocess_legacy.py`) on PIL and numpy, so prediction needs no TensorFlow.
 """
 
 from __future__ import annotations
@@ -18,15 +17,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import re
 from collections.abc import Sequence
 
 import jax
 import numpy as np
 from flax import nnx
 
+from effnetv2_jax import images as images_lib
 from effnetv2_jax import paths
-from effnetv2_jax._extras import require
+from effnetv2_jax.images import ImageError, as_rgb, read_image  # noqa: F401 (public here too)
 from effnetv2_jax.models.efficientnet import EfficientNet
 from effnetv2_jax.models.factory import abstract_model
 from effnetv2_jax.models.variants import get_variant
@@ -34,10 +33,6 @@ from effnetv2_jax.preprocessing import Preprocessing
 
 CLASS_NAMES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "imagenet_classes.txt")
 _CHECKPOINTS_SUBDIR = "checkpoints"
-
-
-class ImageError(ValueError):
-    """An image path that does not exist or a file that is not a decodable image."""
 
 
 @functools.cache
@@ -177,68 +172,10 @@ def load_checkpoint(path: str, *, step: int | None = None, use_ema: bool = True,
                        weights="ema" if use_ema else "raw")
 
 
-def _looks_like_image(head: bytes) -> bool:
-    """The file signatures of the formats TF's `decode_image` reads."""
-    return (head.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM"))
-            or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"))
-
-
-def read_image(path: str) -> np.ndarray:
-    """An image file (JPEG, PNG, GIF, BMP, WebP) -> uint8 [height, width, 3].
-
-    Raises ImageError with a one-line message when the path is missing or not an image."""
-    tf = require("tensorflow", "data", "effnetv2_jax.read_image")
-
-    from effnetv2_jax.data.preprocess import decode
-
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ImageError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise ImageError(f"{path}: is a directory, not an image")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(12)
-    except PermissionError:
-        raise ImageError(f"{path}: permission denied") from None
-    if not _looks_like_image(head):  # checked here, so TF logs no C++ warning for it
-        raise ImageError(f"{path}: not a readable image (JPEG, PNG, GIF, BMP or WebP): "
-                         f"unknown file format")
-    try:
-        return decode(tf.io.read_file(path)).numpy()
-    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
-        # TF prefixes "{{function_node ...}}"; keep the first sentence of the reason.
-        reason = re.sub(r"\{\{.*?\}\}", "", str(error)).strip().split(". ")[0].rstrip(".")
-        raise ImageError(f"{path}: not a readable image (JPEG, PNG, GIF, BMP or WebP): "
-                         f"{reason[:120] or 'decoding failed'}") from None
-    except (PermissionError, tf.errors.PermissionDeniedError):
-        raise ImageError(f"{path}: permission denied") from None
-
-
-def as_rgb(image) -> np.ndarray:
-    """[H, W], [H, W, 1], [H, W, 3] or [H, W, 4] pixels (uint8, or float in 0-255) ->
-    [H, W, 3]; grey is repeated, alpha dropped."""
-    image = np.asarray(image)
-    if image.ndim == 2:
-        image = image[:, :, None]
-    if image.ndim != 3 or image.shape[-1] not in (1, 3, 4):
-        raise ImageError(f"expected an image [height, width, 1|3|4], got shape {image.shape}")
-    if image.shape[-1] == 1:
-        image = np.repeat(image, 3, axis=-1)
-    if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
-        raise ImageError(f"expected uint8 or float pixels, got dtype {image.dtype}")
-    return image[:, :, :3]
-
-
-def preprocess_images(images: Sequence, preprocess, size: int) -> np.ndarray:
-    """Decoded images of any sizes -> normalised float32 [batch, size, size, 3], with the data
-    pipeline's eval function (centre crop or squash, resize, normalise)."""
-    tf = require("tensorflow", "data", "effnetv2_jax.predict's preprocessing")
-
-    from effnetv2_jax.data.preprocess import eval_image
-
-    return np.stack([eval_image(tf.convert_to_tensor(as_rgb(image)), size, preprocess).numpy()
-                     for image in images])
+def preprocess_images(images: Sequence, preprocess: Preprocessing, size: int) -> np.ndarray:
+    """Decoded images of any sizes -> normalised float32 [batch, size, size, 3] (centre crop or
+    squash, resize, normalise: `effnetv2_jax.images.eval_image`)."""
+    return images_lib.preprocess_images(images, preprocess, size)
 
 
 @dataclasses.dataclass(frozen=True)
