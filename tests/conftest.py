@@ -43,10 +43,20 @@ def gcs(tmp_path_factory):
         with pytest.MonkeyPatch.context() as environment:
             for name, value in emulator.environment().items():
                 environment.setenv(name, value)
+            _epath_backend_changed()
             emulator.bucket = emulator.create_bucket("effnetv2-tests")
             yield emulator
     finally:
+        _epath_backend_changed()
         emulator.stop()
+
+
+def _epath_backend_changed() -> None:
+    """epath caches its first answer to "read gs:// through TensorFlow?" (EPATH_USE_TF); an
+    earlier test of the session may have asked before the emulator's variables were set."""
+    from etils.epath import gpath  # noqa: PLC0415
+
+    gpath._is_tf_installed.cache_clear()
 
 
 @pytest.fixture

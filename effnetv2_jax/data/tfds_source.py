@@ -17,6 +17,11 @@ How a part is read depends on how the dataset was prepared and on `DataConfig.ca
 |             |       | interleaved, shuffled in windows of       | epoch up to  | window    |
 |             |       | `shuffle_buffer` records                  | s, undecoded |           |
 
+A `data_dir` on gs:// (or another URI): the metadata is read by TFDS through etils.epath and
+TFRecord files through epath too (`tfrecords`), never through TensorFlow's own file layer, so
+the same code reads GCS and a local emulator of it. ArrayRecord's reader opens local files only:
+a remote ArrayRecord dataset is refused, naming the fix.
+
 TFRecord is TFDS's default; for ImageNet-size data prefer `tfds build NAME
 --file_format=array_record`, which gives full-epoch shuffles and instant resume from disk. The
 ArrayRecord reader crosses into Python once per 64 records, never per example.
@@ -25,11 +30,14 @@ ArrayRecord reader crosses into Python once per 64 records, never per example.
 from __future__ import annotations
 
 import os
+import struct
 import time
+from collections.abc import Iterator
 
 import numpy as np
 from absl import logging
 
+from effnetv2_jax import paths
 from effnetv2_jax._extras import require
 from effnetv2_jax.data import seeds
 from effnetv2_jax.data.config import DataConfig
@@ -39,6 +47,7 @@ from effnetv2_jax.data.shard import MemoryShard, Shard
 
 tf = require("tensorflow", "data")
 tfds = require("tensorflow_datasets", "data")
+masked_crc32c = require("tensorboard.compat.tensorflow_stub.pywrap_tensorflow", "data").masked_crc32c
 
 _MEMORY_CACHE: dict[tuple, MemoryShard] = {}
 _MEMORY_CACHE_SIZE = 4  # train + eval of this stage and the previous one
@@ -127,6 +136,12 @@ def open_shard(builder: tfds.core.DatasetBuilder, config: DataConfig, split: str
     part, offset = parts[process_index], sum(sizes[:process_index])
     args = (builder, part, config.image_key, config.label_key, offset, max(sizes))
     if builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD:
+        if _is_remote(builder):
+            raise ValueError(
+                f"dataset '{builder.name}' in data_dir {builder.data_dir_root} is ArrayRecord, "
+                f"whose reader opens local files only: copy it to a local disk (`gcloud storage "
+                f"cp -r {builder.data_dir} DIR`) and set data.data_dir to that copy, or prepare "
+                f"it as TFRecord (`tfds build --file_format=tfrecord`), which is read from gs://")
         return ArrayRecordShard(*args)
     if not config.cache or not _cache_fits(builder, part, config.cache_max_gb,
                                            config.shuffle_buffer):
@@ -179,12 +194,62 @@ def clear_cache() -> None:
     _MEMORY_CACHE.clear()
 
 
+def _read_tfrecords(path) -> Iterator[bytes]:
+    """The records of one TFRecord file, read through epath. Each record is framed as
+    uint64 length, uint32 masked CRC-32C of the length, data, uint32 masked CRC-32C of the
+    data; the length's CRC is checked (a damaged or truncated file fails naming it)."""
+    path = path.decode() if isinstance(path, bytes) else path
+    with paths.resolve(path).open("rb") as f:
+        while header := f.read(12):
+            if len(header) < 12:
+                raise OSError(f"{path}: truncated TFRecord header")
+            (length,), (length_crc,) = struct.unpack("<Q", header[:8]), struct.unpack(
+                "<I", header[8:])
+            if masked_crc32c(header[:8]) != length_crc:
+                raise OSError(f"{path}: corrupted TFRecord (bad length checksum)")
+            data = f.read(length + 4)
+            if len(data) < length + 4:
+                raise OSError(f"{path}: truncated TFRecord (file ends inside a record)")
+            yield data[:length]
+
+
+def tfrecords(filename: tf.Tensor, remote: bool) -> tf.data.Dataset:
+    """The records (tf.string) of TFRecord file `filename`: `tf.data.TFRecordDataset` for a
+    local file, epath (`_read_tfrecords`) for a remote one."""
+    if not remote:
+        return tf.data.TFRecordDataset(filename)
+    return tf.data.Dataset.from_generator(_read_tfrecords, args=(filename,),
+                                          output_signature=tf.TensorSpec([], tf.string))
+
+
+def _is_remote(builder) -> bool:
+    return paths.is_remote(os.fspath(builder.data_dir))
+
+
+def _encoded_examples(builder, split, image_key, label_key) -> tf.data.Dataset:
+    """(encoded image, label) of every example of `split`, in stored order."""
+    decoders = {image_key: tfds.decode.SkipDecoding()}
+    if not _is_remote(builder):
+        return builder.as_dataset(split=split, shuffle_files=False, decoders=decoders).map(
+            lambda ex: (ex[image_key], ex[label_key]))
+    instructions = builder.info.splits[split].file_instructions
+    records = None
+    for i in instructions:
+        part = tfrecords(tf.constant(os.fspath(i.filename)), True).skip(i.skip).take(i.take)
+        records = part if records is None else records.concatenate(part)
+    features = builder.info.features
+
+    def parse(record):
+        example = features.deserialize_example(record, decoders=decoders)
+        return example[image_key], example[label_key]
+
+    return records.map(parse)
+
+
 def _load_into_memory(builder, split, image_key, label_key, offset, max_num_examples):
     start = time.time()
-    dataset = builder.as_dataset(split=split, shuffle_files=False,
-                                 decoders={image_key: tfds.decode.SkipDecoding()})
     feature = describe_feature(builder.info.features[label_key])
-    dataset = dataset.map(lambda ex: (ex[image_key], ex[label_key])).ragged_batch(1024)
+    dataset = _encoded_examples(builder, split, image_key, label_key).ragged_batch(1024)
     encoded, labels = [], []
     for images, batch_labels in dataset.as_numpy_iterator():
         encoded.extend(images)
@@ -272,7 +337,8 @@ class StreamShard(_RecordShard):
         files = tf.data.Dataset.from_tensor_slices((tf.gather(self._files, order),
                                                     tf.gather(self._skips, order),
                                                     tf.gather(self._takes, order)))
-        return files.interleave(lambda f, skip, take: tf.data.TFRecordDataset(f).skip(skip)
+        remote = _is_remote(self._builder)
+        return files.interleave(lambda f, skip, take: tfrecords(f, remote).skip(skip)
                                 .take(take), cycle_length=cycle_length, block_length=1)
 
     def stream(self, seed, start):
