@@ -26,10 +26,10 @@ CHECKPOINTS_SUBDIR = "checkpoints"
 ITEMS = ("state", "metadata")
 
 
-def sha256_files(paths: list[str]) -> str:
+def sha256_files(files: list[str]) -> str:
     """SHA-256 of the files' bytes, concatenated in the given order (one file: its checksum)."""
     digest = hashlib.sha256()
-    for path in paths:
+    for path in files:  # `paths` is the module
         with paths.resolve(path).open("rb") as f:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 digest.update(chunk)
