@@ -30,13 +30,36 @@ def is_remote(path: PathLike) -> bool:
 
 def resolve(path: PathLike) -> epath.Path:
     """`path` as an `epath.Path`: a URI as it is; a local path with `~` expanded and made
-    absolute (Orbax and tensorstore refuse relative paths)."""
+    absolute (Orbax and tensorstore refuse relative paths).
+
+    For a URI, the listings fsspec holds for it are dropped first (`forget_listings`), so a
+    folder another process wrote to since (a training run's new checkpoint) is seen as it is.
+    """
     path = os.fspath(path)
     if not path:
         raise ValueError("empty path: give a local folder or a gs://bucket/... URI")
     if is_remote(path):
+        forget_listings(path)
         return epath.Path(path)
     return epath.Path(os.path.abspath(os.path.expanduser(path)))
+
+
+def forget_listings(path: PathLike) -> None:
+    """Drops the folder listings that fsspec's file systems (gcsfs, epath's backend without
+    TensorFlow) have cached for remote `path`, its parents and everything under it; they never
+    expire by default."""
+    path = os.fspath(path)
+    try:
+        import fsspec  # noqa: PLC0415
+
+        cls = fsspec.get_filesystem_class(path.split("://", 1)[0])
+    except (ImportError, ValueError):     # no fsspec backend for it: nothing cached
+        return
+    for filesystem in list(getattr(cls, "_cache", {}).values()):
+        filesystem.invalidate_cache(path)           # the path and its parents
+        below = filesystem._strip_protocol(path).rstrip("/") + "/"
+        for key in [k for k in filesystem.dircache if k.startswith(below)]:
+            filesystem.dircache.pop(key, None)
 
 
 def copy_tree(source: PathLike, destination: PathLike) -> None:

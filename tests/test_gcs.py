@@ -111,3 +111,19 @@ def test_copy_tree_and_local_copy_round_trip(gcs_dir, tmp_path):
         with paths.local_copy(gcs_dir / "absent"):
             pass
     assert jax.devices()  # the emulator's variables leave JAX alone
+
+
+def test_a_checkpoint_written_by_another_process_is_seen(gcs_dir):
+    """gcsfs caches folder listings without expiry; a path passed in is listed afresh, so a
+    notebook sees the step a training run (another process) has written since."""
+    write_tiny_checkpoint(gcs_dir)
+    assert find_checkpoint(os.fspath(gcs_dir)).endswith("/checkpoints/0")   # listed, cached
+    newer = gcs_dir / "checkpoints" / "5"
+    with paths.local_copy(gcs_dir / "checkpoints" / "0") as local:
+        import subprocess  # noqa: PLC0415 (a real second process, as a training run is)
+        import sys  # noqa: PLC0415
+
+        subprocess.run([sys.executable, "-c", "import sys; from effnetv2_jax import paths; "
+                        "paths.copy_tree(sys.argv[1], sys.argv[2])", local, os.fspath(newer)],
+                       check=True, timeout=120)
+    assert find_checkpoint(os.fspath(gcs_dir)).endswith("/checkpoints/5")

@@ -1,4 +1,5 @@
-"""Image folders: `root/<class name>/<image file>`, read by path inside `tf.data`.
+"""Image folders: `root/<class name>/<image file>`, read by path inside `tf.data`; `root` may
+be local or remote (gs://..., listed and read through etils.epath).
 
 Class ids are the class-folder names in sorted order. Every non-hidden file in a class folder
 is a candidate; JPEG, PNG (and GIF, BMP, WebP) decode to RGB, whatever their mode (grey,
@@ -21,8 +22,10 @@ import os
 
 import numpy as np
 from absl import logging
+from etils import epath
 
 from effnetv2_jax._extras import require
+from effnetv2_jax.paths import is_remote
 from effnetv2_jax.data.preprocess import decode as decode_image
 from effnetv2_jax.data.shard import Shard, hold
 
@@ -56,11 +59,11 @@ def list_folder(root: str, class_names: tuple[str, ...] | None = None) -> Listin
 
     Fails with the folder's path when it is missing, has no class folders, or no files.
     """
-    if not tf.io.gfile.isdir(root):
+    directory = epath.Path(root)
+    if not directory.is_dir():
         raise FileNotFoundError(f"image folder '{root}' does not exist "
                                 f"(expected images as {root}/<class>/<image>)")
-    found = sorted(name.rstrip("/") for name in tf.io.gfile.listdir(root)
-                   if _visible(name) and tf.io.gfile.isdir(os.path.join(root, name)))
+    found = sorted(p.name for p in directory.iterdir() if _visible(p.name) and p.is_dir())
     if not found:
         raise FileNotFoundError(f"image folder '{root}' has no class folders "
                                 f"(expected images as {root}/<class>/<image>)")
@@ -73,15 +76,27 @@ def list_folder(root: str, class_names: tuple[str, ...] | None = None) -> Listin
     class_id = {name: i for i, name in enumerate(class_names)}
     paths, labels = [], []
     for name in found:
-        class_dir = os.path.join(root, name)
-        for file_name in sorted(tf.io.gfile.listdir(class_dir)):
-            path = os.path.join(class_dir, file_name)
-            if _visible(file_name) and not tf.io.gfile.isdir(path):
-                paths.append(path)
+        for path in sorted(directory.joinpath(name).iterdir(), key=lambda p: p.name):
+            if _visible(path.name) and not path.is_dir():
+                paths.append(os.fspath(path))
                 labels.append(class_id[name])
     if not paths:
         raise FileNotFoundError(f"image folder '{root}' has class folders but no image files")
     return Listing(root, tuple(class_names), tuple(paths), np.asarray(labels, np.int32))
+
+
+def _read_bytes(path) -> bytes:
+    path = path.item() if isinstance(path, np.ndarray) else path    # a 0-d array of bytes
+    return epath.Path(path.decode() if isinstance(path, bytes) else path).read_bytes()
+
+
+def read_file(path: tf.Tensor, remote: bool) -> tf.Tensor:
+    """A file's bytes inside `tf.data`: TensorFlow's reader for a local path, etils.epath for
+    a URI (TensorFlow's gs:// client reaches only Google's endpoint, never an emulator)."""
+    if not remote:
+        return tf.io.read_file(path)
+    data = tf.numpy_function(_read_bytes, [path], tf.string, stateful=False)
+    return tf.ensure_shape(data, [])
 
 
 def _decodes(paths: list[str]) -> np.ndarray:
@@ -89,9 +104,10 @@ def _decodes(paths: list[str]) -> np.ndarray:
     ok = np.zeros(len(paths), bool)
     if not paths:
         return ok
+    remote = is_remote(paths[0])
 
     def pixels(index, path):
-        shape = tf.shape(decode_image(tf.io.read_file(path)))
+        shape = tf.shape(decode_image(read_file(path, remote)))
         return index, shape[0] * shape[1]
 
     scan = tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), list(paths)))
@@ -106,8 +122,8 @@ def _decodes(paths: list[str]) -> np.ndarray:
 
 def _decode_error(path: str) -> str:
     try:
-        decode_image(tf.io.read_file(path))
-    except (tf.errors.OpError, ValueError) as error:
+        decode_image(read_file(path, is_remote(path)))
+    except (tf.errors.OpError, ValueError, OSError) as error:
         return str(getattr(error, "message", error)).strip().splitlines()[0]
     return "decodes to an empty image"
 
@@ -153,9 +169,11 @@ class FolderShard(Shard):
         self._keys = tf.constant(keys.astype(np.int64))
         self._paths = hold(np.array(listing.paths, dtype=object)[keys]) if len(keys) else None
         self._labels = tf.constant(listing.labels[keys])
+        self._remote = is_remote(listing.root)
 
     def fetch(self, index):
-        return (tf.io.read_file(tf.gather(self._paths, index)), tf.gather(self._labels, index),
+        return (read_file(tf.gather(self._paths, index), self._remote),
+                tf.gather(self._labels, index),
                 tf.gather(self._keys, index))
 
     def decode(self, raw):

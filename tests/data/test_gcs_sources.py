@@ -12,7 +12,7 @@ from effnetv2_jax.data import clear_caches, dataset_info, make_train_iterator
 from effnetv2_jax.data.tfds_source import _read_tfrecords
 
 from flat_images import NUM_CLASSES, NUM_TEST, NUM_TRAIN, example_ids
-from test_sources import FLAT, eval_ids_and_labels, tiny
+from test_sources import FLAT, eval_ids_and_labels, folder, tiny
 
 
 @pytest.fixture
@@ -56,3 +56,23 @@ def test_a_truncated_tfrecord_fails_naming_the_file(tfds_dir, gcs_dir):
     remote.write_bytes(local.read_bytes()[:-10])
     with pytest.raises(OSError, match="cut.tfrecord: truncated TFRecord"):
         list(_read_tfrecords(os.fspath(remote)))
+
+
+def test_an_image_folder_on_gs_reads_as_the_local_one(image_folder, gcs_dir, caplog):
+    root = gcs_dir / "folder"
+    for split in ("train", "eval"):
+        paths.copy_tree(image_folder[split], root / split)
+    clear_caches()
+    remote = folder({"train": str(root / "train"), "eval": str(root / "eval")})
+    local = folder(image_folder)
+    assert dataset_info(remote) == dataset_info(local)
+    ids, labels = eval_ids_and_labels(remote)
+    assert sorted(ids) == list(range(12, 17))
+    np.testing.assert_array_equal(labels, ids % 2)
+    caplog.set_level("WARNING")
+    remote_ids = train_ids(remote, steps=3)
+    assert sorted(remote_ids) == list(range(12))      # the 3 unreadable files are skipped ...
+    for name in ("empty.jpg", "notes.png", "truncated.jpg"):   # ... and named
+        assert any(f"{root}/train/class_1/{name}" in r.getMessage() for r in caplog.records)
+    clear_caches()
+    np.testing.assert_array_equal(remote_ids, train_ids(local, steps=3))
