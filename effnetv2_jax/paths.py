@@ -28,6 +28,21 @@ def is_remote(path: PathLike) -> bool:
     return "://" in os.fspath(path)
 
 
+def tensorflow_reads(path: PathLike) -> bool:
+    """Whether TensorFlow's readers (`tf.data.TFRecordDataset`, `tf.io.read_file`) may open
+    `path`: a local path, or a URI when epath itself goes through TensorFlow for it
+    (TensorFlow installed and `EPATH_USE_TF` not false, epath's default). With
+    `EPATH_USE_TF=false` (gcsfs; a GCS emulator, which TensorFlow's client cannot reach) a URI
+    is read through epath instead, in Python."""
+    if not is_remote(path):
+        return True
+    if os.environ.get("EPATH_USE_TF", "").lower() in ("false", "no", "f", "0"):
+        return False
+    import importlib.util  # noqa: PLC0415
+
+    return importlib.util.find_spec("tensorflow") is not None
+
+
 def resolve(path: PathLike) -> epath.Path:
     """`path` as an `epath.Path`: a URI as it is; a local path with `~` expanded and made
     absolute (Orbax and tensorstore refuse relative paths).

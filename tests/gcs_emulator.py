@@ -5,7 +5,7 @@ extra; Linux wheels only). It is started here rather than through the wrapper's 
 pipes the server's stderr without reading it: after about 145 requests the pipe fills and every
 client hangs. Here stderr goes to a file and the server logs errors only.
 
-Three clients reach gs:// in this project, and each is pointed at the emulator by one variable
+Four clients reach gs:// in this project, and each is pointed at the emulator by one variable
 (`environment()`), set in `os.environ` so that the processes a test starts inherit it:
 
 * tensorstore (Orbax's array writes): `TENSORSTORE_GCS_HTTP_URL`; without it a save waits on
@@ -13,6 +13,7 @@ Three clients reach gs:// in this project, and each is pointed at the emulator b
 * gcsfs (etils.epath's gs:// backend, Orbax's listing and deleting through
   google-cloud-storage): `STORAGE_EMULATOR_HOST`; `GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT=false`
   keeps it from asking for the bucket's layout, which the emulator does not serve.
+* ArrayRecord's reader (google-cloud-cpp): `CLOUD_STORAGE_EMULATOR_ENDPOINT`.
 * etils.epath: `EPATH_USE_TF=false`, or it reads gs:// through TensorFlow's file layer, whose
   endpoint (www.googleapis.com) is compiled in and cannot be pointed at an emulator.
 
@@ -110,6 +111,7 @@ class GcsEmulator:
     def environment(self) -> dict[str, str]:
         """The variables that point every gs:// client of the project at this emulator."""
         return {"TENSORSTORE_GCS_HTTP_URL": self.url, "STORAGE_EMULATOR_HOST": self.url,
+                "CLOUD_STORAGE_EMULATOR_ENDPOINT": self.url,
                 "EPATH_USE_TF": "false", "GOOGLE_AUTH_TOKEN_FOR_TESTING": "x",
                 "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
 

@@ -25,7 +25,7 @@ from absl import logging
 from etils import epath
 
 from effnetv2_jax._extras import require
-from effnetv2_jax.paths import is_remote
+from effnetv2_jax.paths import tensorflow_reads
 from effnetv2_jax.data.preprocess import decode as decode_image
 from effnetv2_jax.data.shard import Shard, hold
 
@@ -90,10 +90,10 @@ def _read_bytes(path) -> bytes:
     return epath.Path(path.decode() if isinstance(path, bytes) else path).read_bytes()
 
 
-def read_file(path: tf.Tensor, remote: bool) -> tf.Tensor:
-    """A file's bytes inside `tf.data`: TensorFlow's reader for a local path, etils.epath for
-    a URI (TensorFlow's gs:// client reaches only Google's endpoint, never an emulator)."""
-    if not remote:
+def read_file(path: tf.Tensor, through_epath: bool) -> tf.Tensor:
+    """A file's bytes inside `tf.data`: TensorFlow's reader, or with `through_epath` etils.epath
+    in Python (a URI when epath does not use TensorFlow: `paths.tensorflow_reads`)."""
+    if not through_epath:
         return tf.io.read_file(path)
     data = tf.numpy_function(_read_bytes, [path], tf.string, stateful=False)
     return tf.ensure_shape(data, [])
@@ -104,10 +104,10 @@ def _decodes(paths: list[str]) -> np.ndarray:
     ok = np.zeros(len(paths), bool)
     if not paths:
         return ok
-    remote = is_remote(paths[0])
+    through_epath = not tensorflow_reads(paths[0])
 
     def pixels(index, path):
-        shape = tf.shape(decode_image(read_file(path, remote)))
+        shape = tf.shape(decode_image(read_file(path, through_epath)))
         return index, shape[0] * shape[1]
 
     scan = tf.data.Dataset.from_tensor_slices((np.arange(len(paths)), list(paths)))
@@ -122,7 +122,7 @@ def _decodes(paths: list[str]) -> np.ndarray:
 
 def _decode_error(path: str) -> str:
     try:
-        decode_image(read_file(path, is_remote(path)))
+        decode_image(read_file(path, not tensorflow_reads(path)))
     except (tf.errors.OpError, ValueError, OSError) as error:
         return str(getattr(error, "message", error)).strip().splitlines()[0]
     return "decodes to an empty image"
@@ -169,10 +169,10 @@ class FolderShard(Shard):
         self._keys = tf.constant(keys.astype(np.int64))
         self._paths = hold(np.array(listing.paths, dtype=object)[keys]) if len(keys) else None
         self._labels = tf.constant(listing.labels[keys])
-        self._remote = is_remote(listing.root)
+        self._through_epath = not tensorflow_reads(listing.root)
 
     def fetch(self, index):
-        return (read_file(tf.gather(self._paths, index), self._remote),
+        return (read_file(tf.gather(self._paths, index), self._through_epath),
                 tf.gather(self._labels, index),
                 tf.gather(self._keys, index))
 

@@ -17,10 +17,12 @@ How a part is read depends on how the dataset was prepared and on `DataConfig.ca
 |             |       | interleaved, shuffled in windows of       | epoch up to  | window    |
 |             |       | `shuffle_buffer` records                  | s, undecoded |           |
 
-A `data_dir` on gs:// (or another URI): the metadata is read by TFDS through etils.epath and
-TFRecord files through epath too (`tfrecords`), never through TensorFlow's own file layer, so
-the same code reads GCS and a local emulator of it. ArrayRecord's reader opens local files only:
-a remote ArrayRecord dataset is refused, naming the fix.
+A `data_dir` on gs:// (or another URI): TFDS reads the metadata through etils.epath, and the
+TFRecord files go through the file layer epath uses (`paths.tensorflow_reads`): TensorFlow's
+C++ reader by default, or, with `EPATH_USE_TF=false` (gcsfs, as the tests' GCS emulator needs,
+since TensorFlow's client reaches only Google's endpoint), epath in Python (`tfrecords`).
+ArrayRecord's reader opens gs:// itself (google-cloud-cpp; an emulator through
+`CLOUD_STORAGE_EMULATOR_ENDPOINT`).
 
 TFRecord is TFDS's default; for ImageNet-size data prefer `tfds build NAME
 --file_format=array_record`, which gives full-epoch shuffles and instant resume from disk. The
@@ -136,12 +138,6 @@ def open_shard(builder: tfds.core.DatasetBuilder, config: DataConfig, split: str
     part, offset = parts[process_index], sum(sizes[:process_index])
     args = (builder, part, config.image_key, config.label_key, offset, max(sizes))
     if builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD:
-        if _is_remote(builder):
-            raise ValueError(
-                f"dataset '{builder.name}' in data_dir {builder.data_dir_root} is ArrayRecord, "
-                f"whose reader opens local files only: copy it to a local disk (`gcloud storage "
-                f"cp -r {builder.data_dir} DIR`) and set data.data_dir to that copy, or prepare "
-                f"it as TFRecord (`tfds build --file_format=tfrecord`), which is read from gs://")
         return ArrayRecordShard(*args)
     if not config.cache or not _cache_fits(builder, part, config.cache_max_gb,
                                            config.shuffle_buffer):
@@ -213,23 +209,23 @@ def _read_tfrecords(path) -> Iterator[bytes]:
             yield data[:length]
 
 
-def tfrecords(filename: tf.Tensor, remote: bool) -> tf.data.Dataset:
-    """The records (tf.string) of TFRecord file `filename`: `tf.data.TFRecordDataset` for a
-    local file, epath (`_read_tfrecords`) for a remote one."""
-    if not remote:
+def tfrecords(filename: tf.Tensor, through_epath: bool) -> tf.data.Dataset:
+    """The records (tf.string) of TFRecord file `filename`: `tf.data.TFRecordDataset`, or with
+    `through_epath` epath in Python (`_read_tfrecords`)."""
+    if not through_epath:
         return tf.data.TFRecordDataset(filename)
     return tf.data.Dataset.from_generator(_read_tfrecords, args=(filename,),
                                           output_signature=tf.TensorSpec([], tf.string))
 
 
-def _is_remote(builder) -> bool:
-    return paths.is_remote(os.fspath(builder.data_dir))
+def _through_epath(builder) -> bool:
+    return not paths.tensorflow_reads(os.fspath(builder.data_dir))
 
 
 def _encoded_examples(builder, split, image_key, label_key) -> tf.data.Dataset:
     """(encoded image, label) of every example of `split`, in stored order."""
     decoders = {image_key: tfds.decode.SkipDecoding()}
-    if not _is_remote(builder):
+    if not _through_epath(builder):
         return builder.as_dataset(split=split, shuffle_files=False, decoders=decoders).map(
             lambda ex: (ex[image_key], ex[label_key]))
     instructions = builder.info.splits[split].file_instructions
@@ -337,8 +333,8 @@ class StreamShard(_RecordShard):
         files = tf.data.Dataset.from_tensor_slices((tf.gather(self._files, order),
                                                     tf.gather(self._skips, order),
                                                     tf.gather(self._takes, order)))
-        remote = _is_remote(self._builder)
-        return files.interleave(lambda f, skip, take: tfrecords(f, remote).skip(skip)
+        through_epath = _through_epath(self._builder)
+        return files.interleave(lambda f, skip, take: tfrecords(f, through_epath).skip(skip)
                                 .take(take), cycle_length=cycle_length, block_length=1)
 
     def stream(self, seed, start):

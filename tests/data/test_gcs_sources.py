@@ -1,6 +1,6 @@
 """A TFDS data_dir and an image folder on gs://, against the local GCS emulator (`gcs_dir`):
 the same examples, in the same order, as from the local copy. TFRecord files are read through
-etils.epath (TensorFlow's file layer cannot reach an emulator); ArrayRecord is refused."""
+etils.epath (TensorFlow's file layer cannot reach an emulator), ArrayRecord by its own reader."""
 
 import os
 
@@ -42,10 +42,14 @@ def test_a_tfds_data_dir_on_gs_reads_as_the_local_one(remote_tfds, tfds_dir, cac
     np.testing.assert_array_equal(remote, train_ids(tiny(tfds_dir, cache=cache)))
 
 
-def test_an_array_record_data_dir_on_gs_is_refused_naming_the_fix(array_record_dir, gcs_dir):
+def test_an_array_record_data_dir_on_gs_reads_as_the_local_one(array_record_dir, gcs_dir):
+    """ArrayRecord's own reader opens gs:// (google-cloud-cpp, pointed at the emulator)."""
     paths.copy_tree(array_record_dir, gcs_dir / "tfds")
-    with pytest.raises(ValueError, match="local files only.*gcloud storage cp -r"):
-        eval_ids_and_labels(tiny(str(gcs_dir / "tfds")))
+    ids, labels = eval_ids_and_labels(tiny(str(gcs_dir / "tfds")))
+    assert sorted(ids) == list(range(NUM_TRAIN, NUM_TRAIN + NUM_TEST))
+    np.testing.assert_array_equal(labels, ids % NUM_CLASSES)
+    remote = train_ids(tiny(str(gcs_dir / "tfds")))
+    np.testing.assert_array_equal(remote, train_ids(tiny(array_record_dir)))
 
 
 def test_a_truncated_tfrecord_fails_naming_the_file(tfds_dir, gcs_dir):
