@@ -20,6 +20,8 @@ INSTALL_REQUIRES = [
     "numpy>=2.4.6",
     "etils[epath]>=1.15.0",
     "pillow>=13.0.0",                 # image decoding without TensorFlow
+    "huggingface_hub>=2.4.0",         # pretrained weights: the Hub and its cache
+    "safetensors>=0.8.0",             # reading timm weight files without torch
     "tqdm>=4.70.1",                   # progress bars (effnetv2_jax/progress.py)
 ]
 
