@@ -2,6 +2,7 @@
 
     >>> import effnetv2_jax
     >>> model = effnetv2_jax.create_model("efficientnetv2-s", num_classes=1000)
+    >>> model = effnetv2_jax.create_model("efficientnetv2-s", pretrained="in21k-ft-in1k")
     >>> effnetv2_jax.count_params("efficientnetv2-s")["trainable"]
     21458488
 
@@ -21,11 +22,14 @@ __version__ = "0.1.0"
 # The public API: name -> the module that defines it, imported on first use.
 _EXPORTS = {
     **dict.fromkeys(("ArchConfig", "BlockSpec", "ConvType", "EfficientNet", "Preprocessing",
-                     "Variant", "abstract_model", "count_flops", "count_params", "create_model",
-                     "decode", "encode", "get_variant", "list_models", "register"),
+                     "Variant", "abstract_model", "count_flops", "count_params", "decode",
+                     "encode", "get_variant", "list_models", "register"),
                     "effnetv2_jax.models"),
     **dict.fromkeys(("LoadedModel", "Predictions", "load_checkpoint", "predict"),
                     "effnetv2_jax.inference"),
+    # create_model is models.create_model plus `pretrained=`.
+    **dict.fromkeys(("create_model", "load_pretrained"), "effnetv2_jax.pretrained.load"),
+    "list_pretrained": "effnetv2_jax.pretrained.tags",
 }
 __all__ = sorted(_EXPORTS)
 
@@ -33,8 +37,10 @@ if TYPE_CHECKING:
     from effnetv2_jax.inference import LoadedModel, Predictions, load_checkpoint, predict
     from effnetv2_jax.models import (ArchConfig, BlockSpec, ConvType, EfficientNet,
                                      Preprocessing, Variant, abstract_model, count_flops,
-                                     count_params, create_model, decode, encode, get_variant,
-                                     list_models, register)
+                                     count_params, decode, encode, get_variant, list_models,
+                                     register)
+    from effnetv2_jax.pretrained.load import create_model, load_pretrained
+    from effnetv2_jax.pretrained.tags import list_pretrained
 
 
 def __getattr__(name: str):

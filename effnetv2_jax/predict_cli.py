@@ -1,6 +1,7 @@
 """Command line: classify image files with a checkpoint and print a table.
 
     python -m effnetv2_jax.predict --checkpoint DIR image1.jpg image2.png ...
+    python -m effnetv2_jax.predict --model efficientnetv2-s --pretrained in21k-ft-in1k cat.jpg
     effnetv2-predict --checkpoint DIR image1.jpg ...        # the same, as a console script
 
 The code of `python -m effnetv2_jax.predict` lives here, under a name of its own:
@@ -8,8 +9,11 @@ The code of `python -m effnetv2_jax.predict` lives here, under a name of its own
 runs this module's `main`.
 
 DIR is a training workdir, a converted checkpoint (`python -m effnetv2_jax.convert`), or one
-step directory. A missing or unreadable image gets a one-line error on stderr and the others are
-still classified; the exit status is 1 if any image failed, 2 if the checkpoint did not load.
+step directory. `--pretrained` takes a tag of `--model` (`effnetv2_jax.list_pretrained`; bare
+`--pretrained`: the default tag), fetched through the Hugging Face cache and converted once, or a
+local weight file (`effnetv2_jax.load_pretrained`). No TensorFlow is needed. A missing or
+unreadable image gets a one-line error on stderr and the others are still classified; the exit
+status is 1 if any image failed, 2 if the checkpoint did not load.
 """
 
 from __future__ import annotations
@@ -60,8 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is imported
     parser = argparse.ArgumentParser(prog="python -m effnetv2_jax.predict",
                                      description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True,
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint",
                         help="workdir, converted checkpoint directory or step directory")
+    source.add_argument("--pretrained", nargs="?", const=True, metavar="TAG_OR_FILE",
+                        help="pretrained weights of --model: a tag (default: the model's "
+                             "default tag) or a local weight file")
+    parser.add_argument("--model", default=None,
+                        help="registered variant for --pretrained, e.g. efficientnetv2-s")
     parser.add_argument("images", nargs="+", help="image files (JPEG, PNG, GIF, BMP, WebP)")
     parser.add_argument("--top-k", type=int, default=5, help="classes shown per image")
     parser.add_argument("--image-size", type=int, default=None,
@@ -71,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.top_k < 1:
         parser.error(f"--top-k must be >= 1, got {args.top_k}")
+    if args.pretrained is not None and not args.model:
+        parser.error("--pretrained needs --model (e.g. --model efficientnetv2-s)")
+    if args.pretrained is not None and args.step is not None:
+        parser.error("--step is for --checkpoint")
     from effnetv2_jax import cpu, inference  # noqa: PLC0415 (after parsing: --help needs no JAX)
 
     cpu.configure_process(restart_allocator=False)  # XLA:CPU flags (cpu/xla_flags.py)
@@ -85,10 +99,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {error}", file=sys.stderr)
             failed += 1
     try:
-        loaded = inference.load_checkpoint(args.checkpoint, step=args.step,
-                                           use_ema=not args.no_ema)
+        if args.pretrained is not None:
+            from effnetv2_jax.pretrained.load import load_pretrained  # noqa: PLC0415
+
+            loaded = load_pretrained(args.model, args.pretrained, use_ema=not args.no_ema)
+        else:
+            loaded = inference.load_checkpoint(args.checkpoint, step=args.step,
+                                               use_ema=not args.no_ema)
     except (FileNotFoundError, ValueError, KeyError) as error:
-        print(f"error: cannot load checkpoint {args.checkpoint}: {error}", file=sys.stderr)
+        what = (f"pretrained {args.model} {'' if args.pretrained is True else args.pretrained}"
+                .rstrip() if args.pretrained is not None else f"checkpoint {args.checkpoint}")
+        print(f"error: cannot load {what}: {error}", file=sys.stderr)
         return 2
     if images:
         predictions = inference.predict(loaded, images, top_k=args.top_k,

@@ -16,6 +16,7 @@ import numpy as np
 from absl import logging
 from flax import nnx
 
+from effnetv2_jax import paths
 from effnetv2_jax.convert import common, keras, layout, tf1, timm, writer
 from effnetv2_jax.inference import imagenet_class_names
 from effnetv2_jax.models.arch import resolve_arch
@@ -85,8 +86,8 @@ def _open(source: str, path: str, model: str, *, use_ema: bool, prefix: str | No
 
 def convert(source: str, model: str, input_path: str, output_dir: str, *,
             num_classes: int | None = None, new_head: bool = False, use_ema: bool = True,
-            seed: int = 0, mean=None, std=None, tf1_prefix: str | None = None,
-            overwrite: bool = False) -> ConversionReport:
+            seed: int = 0, mean=None, std=None, eval_size: int | None = None,
+            tf1_prefix: str | None = None, overwrite: bool = False) -> ConversionReport:
     """Converts a weight file into a checkpoint under `output_dir`.
 
     Args:
@@ -101,6 +102,7 @@ def convert(source: str, model: str, input_path: str, output_dir: str, *,
       use_ema: prefer EMA copies (tf1 `/ExponentialMovingAverage`, timm `state_dict_ema`).
       mean, std: per-channel normalisation in pixel units (0-255) to record instead of the
         variant's, e.g. 127.5 for AdvProp weights.
+      eval_size: the eval size in pixels to record instead of the variant's (L2 at 475 px).
       tf1_prefix: the variable scope of a TF1 checkpoint (default: the model name).
       overwrite: replace checkpoints already in `output_dir`.
     Raises:
@@ -109,7 +111,10 @@ def convert(source: str, model: str, input_path: str, output_dir: str, *,
     """
     variant = get_variant(model)
     writer.check_output(output_dir, overwrite)  # fail before reading a large file
-    opened = _open(source, input_path, model, use_ema=use_ema, prefix=tf1_prefix)
+    # The readers (safetensors, torch, h5py, TF's checkpoint reader) open local files: a gs://
+    # input is copied to a temporary folder, deleted when `scratch` goes at return.
+    local_input, scratch = paths.local_file(input_path, siblings=source == "tf1")  # noqa: F841
+    opened = _open(source, local_input, model, use_ema=use_ema, prefix=tf1_prefix)
     names = set(opened.reader.names())
     head_names = [opened.mapping[leaf].name for leaf in CLASSIFIER_LEAVES]
     source_classes = (int(opened.reader.read(head_names[1]).shape[-1])
@@ -144,11 +149,14 @@ def convert(source: str, model: str, input_path: str, output_dir: str, *,
         logging.warning("classifier re-initialised: %s -> %d classes", source_classes, num_classes)
 
     class_names = imagenet_class_names() if num_classes == 1000 and not replace_head else []
-    extra = {"source": source, "source_file": os.path.abspath(input_path),
+    extra = {"source": source, "source_file": os.fspath(paths.resolve(input_path)),
              "source_files": [os.path.basename(f) for f in opened.files],
              "source_sha256": writer.sha256_files(opened.files),
              "source_num_classes": source_classes, "head_reinitialized": replace_head,
              **({"head_seed": seed} if replace_head else {}), **opened.notes}
+    if eval_size is not None:
+        extra.update(eval_size=eval_size, eval_crop=writer.eval_crop(
+            eval_size, variant.preprocessing.squash_min_size))
     metadata = writer.checkpoint_metadata(variant, num_classes=num_classes,
                                           class_names=class_names, mean=mean, std=std, **extra)
     checkpoint = writer.write_checkpoint(output_dir, unflatten_like(params, values),
