@@ -124,6 +124,29 @@ def local_copy(path: PathLike, *, siblings: bool = False) -> Iterator[str]:
         yield local
 
 
+def local_file(path: PathLike, *, siblings: bool = False
+               ) -> tuple[str, tempfile.TemporaryDirectory | None]:
+    """`local_copy` for a whole function: (a local path of `path`'s content, the temporary
+    folder holding it or None). Keep the second value referenced while the file is read: the
+    copy is deleted when it is dropped (a local `path` is returned as it is, with None).
+
+    `siblings=True` also copies a remote file's neighbours that share its name as a prefix (a
+    TF1 checkpoint `model.ckpt` -> `.index`, `.data-*`; `model.ckpt.index` -> its prefix's)."""
+    path = resolve(path)
+    if not is_remote(path):
+        return os.fspath(path), None
+    suffix = ".index" if siblings and path.name.endswith(".index") else ""
+    prefix = path.parent / path.name[: len(path.name) - len(suffix)]
+    scratch = tempfile.TemporaryDirectory(prefix="effnetv2_jax.")
+    found = [p for p in prefix.parent.iterdir() if p.name == prefix.name
+             or (siblings and p.name.startswith(prefix.name + "."))]
+    if not found:
+        raise FileNotFoundError(f"nothing at {path}")
+    for p in found:
+        copy_tree(p, os.path.join(scratch.name, p.name))
+    return os.path.join(scratch.name, prefix.name) + suffix, scratch
+
+
 @contextlib.contextmanager
 def staged_output(path: PathLike) -> Iterator[str]:
     """A local path to write an output to, published at `path` when the block succeeds.

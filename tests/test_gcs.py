@@ -123,7 +123,29 @@ def test_a_checkpoint_written_by_another_process_is_seen(gcs_dir):
         import subprocess  # noqa: PLC0415 (a real second process, as a training run is)
         import sys  # noqa: PLC0415
 
-        subprocess.run([sys.executable, "-c", "import sys; from effnetv2_jax import paths; "
-                        "paths.copy_tree(sys.argv[1], sys.argv[2])", local, os.fspath(newer)],
-                       check=True, timeout=120)
+        copy = ("import os, sys\nfrom etils import epath\n"
+                "for root, _, names in os.walk(sys.argv[1]):\n"
+                "    for name in names:\n"
+                "        relative = os.path.relpath(os.path.join(root, name), sys.argv[1])\n"
+                "        target = epath.Path(sys.argv[2]) / relative\n"
+                "        target.parent.mkdir(parents=True, exist_ok=True)\n"
+                "        target.write_bytes(open(os.path.join(root, name), 'rb').read())\n")
+        subprocess.run([sys.executable, "-c", copy, local, os.fspath(newer)], check=True,
+                       timeout=120)
     assert find_checkpoint(os.fspath(gcs_dir)).endswith("/checkpoints/5")
+
+
+def test_local_file_copies_a_tf1_prefix_with_its_siblings(gcs_dir):
+    for name in ("model.ckpt-9.index", "model.ckpt-9.data-00000-of-00001", "model.ckpt-10.index",
+                 "checkpoint"):
+        (gcs_dir / "tf1" / name).write_text(name)
+    for asked, expected in (("model.ckpt-9", "model.ckpt-9"),
+                            ("model.ckpt-9.index", "model.ckpt-9.index")):
+        local, scratch = paths.local_file(gcs_dir / "tf1" / asked, siblings=True)
+        assert os.path.basename(local) == expected
+        assert sorted(os.listdir(scratch.name)) == ["model.ckpt-9.data-00000-of-00001",
+                                                    "model.ckpt-9.index"]
+        del scratch                                   # dropped: the copy goes with it
+        assert not os.path.exists(local) and not os.path.exists(os.path.dirname(local))
+    with pytest.raises(FileNotFoundError, match="nothing at gs://"):
+        paths.local_file(gcs_dir / "tf1" / "model.ckpt-3", siblings=True)
