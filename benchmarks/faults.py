@@ -150,7 +150,8 @@ def preemption(root: Path, cache: str, reference, runs: int, run_seconds: float,
         code2, log2 = harness.run_until_done(workdir, cache, LOG_EVERY)
         resumed = harness.resumed_step(log2) or 0
         bad = harness.mismatching_arrays(reference, harness.final_state(workdir))
-        # Before the loop installs its handler (imports, setup), SIGTERM ends Python at once.
+        # Only before the entry point's first lines (the interpreter's start, ~50 ms) does
+        # SIGTERM end Python at once (train/preemption.py); later in start-up it exits 0.
         moment = ("start-up, before the handler" if code == -signal.SIGTERM else
                   "start-up" if "preempted during start-up" in log else "training")
         rows.append([len(rows), moment, code, finished, resumed, finished - resumed,

@@ -7,7 +7,9 @@ EFFNETV2_JAX_ALLOCATOR=system turns it off), and sets the XLA:CPU flags (`cpu/xl
 EFFNETV2_JAX_KEEP_XLA_FLAGS=1 turns them off). Override any config key with `--config.key=value`
 (e.g. `--config.train.global_batch_size=256`); an unknown key or a value of the wrong type stops
 here, before anything is built. Running the same command again in the same workdir resumes from
-its latest checkpoint.
+its latest checkpoint. SIGTERM (a preemption) at any moment of a training run ends it with exit
+code 0: during start-up before anything is written, later after saving the step it finished
+(`train/preemption.py`).
 
 `--mode=compile --topology=v5p-64` compiles every progressive stage's train step and the eval
 step for that TPU slice on this machine (libtpu, no TPU needed), prints memory, FLOPs and a
@@ -17,11 +19,16 @@ that does not fit (`train/aot.py`).
 
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
+from effnetv2_jax.train import preemption  # os and signal only: milliseconds
 
-from effnetv2_jax import cpu
-from effnetv2_jax.train import config_check
+if __name__ == "__main__":  # first: a SIGTERM from here on is recorded, not fatal
+    preemption.hold()
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from effnetv2_jax import cpu  # noqa: E402
+from effnetv2_jax.train import config_check  # noqa: E402
 
 _MODES = ("train", "eval", "train_and_eval", "compile")
 
@@ -29,6 +36,7 @@ _COMPILING = "--mode=compile" in sys.argv or any(
     a == "--mode" and b == "compile" for a, b in zip(sys.argv, sys.argv[1:]))
 if __name__ == "__main__":  # before the imports below take seconds and start threads
     cpu.configure_process(restart_allocator=not _COMPILING)  # compiling runs no XLA:CPU step
+    preemption.install()
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.",
                                           lock_config=True)
@@ -52,6 +60,12 @@ def main(argv):
     if mode != "compile" and (_TOPOLOGY.value or _SLICES.value != 1 or _STAGES.value != "all"):
         raise app.UsageError("--topology, --slices and --stages are for --mode=compile")
     logging.info("config:\n%s", config)
+    if mode in ("eval", "compile"):
+        preemption.release()  # nothing to save: SIGTERM ends these at once, as by default
+    elif preemption.requested():
+        logging.warning("preempted during start-up (before set-up): nothing built or written; "
+                        "exiting")
+        return
     if mode == "compile":
         from effnetv2_jax.train import aot, topology  # noqa: PLC0415
         if _TOPOLOGY.value:
@@ -77,7 +91,9 @@ def main(argv):
 def run() -> None:
     """The `effnetv2-train` console script (setup.py): `python -m effnetv2_jax.main` under
     another name, with the same process set-up first."""
+    preemption.hold()
     cpu.configure_process(restart_allocator=not _COMPILING)
+    preemption.install()
     app.run(main, flags_parser=config_check.parse_flags)
 
 

@@ -136,7 +136,8 @@ def _example_stream(shard: Shard, seed: int, start: int) -> tf.data.Dataset:
 def make_train_iterator(config: DataConfig, preprocess: Preprocessing, *, image_size: int,
                         randaug_magnitude: float, mixup_alpha: float, cutmix_alpha: float,
                         global_batch_size: int, start_step: int, seed: int,
-                        process_index: int = 0, process_count: int = 1) -> Batches:
+                        process_index: int = 0, process_count: int = 1,
+                        start_example: int | None = None) -> Batches:
     """The training stream of one progressive-learning stage, from global step `start_step`.
 
     Args:
@@ -146,6 +147,9 @@ def make_train_iterator(config: DataConfig, preprocess: Preprocessing, *, image_
       global_batch_size: examples per step over all processes (divisible by process_count).
       start_step: the global step of the first batch.
       seed: the run's seed; the stream is a pure function of (seed, step).
+      start_example: examples of the stream (all processes) before `start_step`; None:
+        start_step * global_batch_size. Progressive stages with their own batches pass the
+        sum over earlier stages, so the stream goes on where the last stage left it.
 
     Returns:
       Batches yielding {"image": float32 [local_batch, image_size, image_size, 3] normalised,
@@ -176,7 +180,12 @@ def make_train_iterator(config: DataConfig, preprocess: Preprocessing, *, image_
             randaug_magnitude=randaug_magnitude, random_flip=config.random_flip,
             min_crop_area=config.min_crop_area or None)
 
-    examples = _example_stream(shard, seed, start_step * local_batch)
+    if start_example is None:
+        start_example = start_step * global_batch_size
+    if start_example % process_count:
+        raise ValueError(f"start_example={start_example} does not divide over "
+                         f"{process_count} processes")
+    examples = _example_stream(shard, seed, start_example // process_count)
     if mixup_alpha > 0 or cutmix_alpha > 0:
         batches = _mixed_batches(
             examples, prepare, lambda label: labels.targets(

@@ -20,6 +20,7 @@ the directory and the cause; the steps saved before it are left as they were.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from typing import Any
@@ -168,12 +169,20 @@ class Checkpointer:
                                  str(cause)))
         os_words = ("" if os_error is None else
                     f" ({os_error['words'].strip()}, errno {os_error['code']})")
+        code = None if os_error is None else int(os_error["code"])
+        fix = {errno.ENOSPC: "Free space on the file system that holds it (or point "
+                             "--workdir elsewhere)",
+               errno.EDQUOT: "Free space within your disk quota (or point --workdir "
+                             "elsewhere)",
+               errno.EFBIG: "Raise this process's file-size limit (ulimit -f)",
+               errno.EACCES: "Make the workdir writable", errno.EROFS: "Make the workdir "
+                             "writable (its file system is read-only)"}.get(
+            code, "Check that the disk has space and the workdir is writable")
         return CheckpointSaveError(
             f"could not write checkpoint{'' if failed is None else f' step {failed}'} to "
-            f"{self.directory}{os_words}: {_reason(cause)}. Check that the disk "
-            f"has space and the workdir is writable; the steps saved before it "
-            f"({committed or 'none'}) are intact and the run resumes from the newest when "
-            f"restarted.")
+            f"{self.directory}{os_words}: {_reason(cause)}. {fix}, then run the same command "
+            f"again: the steps saved before it ({committed or 'none'}) are intact and the "
+            f"run resumes from the newest.")
 
     def restore(self, abstract_state, step: int | None = None):
         """Restores the newest intact step (or exactly `step`).

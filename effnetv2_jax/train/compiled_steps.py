@@ -68,7 +68,8 @@ def _check_fits(name: str, compiled, mesh: jax.sharding.Mesh, advice: str) -> No
 
 def fit_advice(remat: bool, dtype: str) -> str:
     """What would make a step that does not fit fit, given the model's `remat` and `dtype`."""
-    remedies = ["lower train.global_batch_size (or the stage's image size)"]
+    remedies = ["lower train.global_batch_size or the stage's progressive.global_batch_sizes "
+                "entry (or the stage's image size)"]
     if not remat:
         remedies.append("set model.remat=True (recompute each block in the backward)")
     if dtype != "bfloat16":
@@ -111,14 +112,19 @@ class StepSpec:
     donate_first: bool
 
 
+def step_key(stage: progressive.Stage) -> tuple:
+    """A stage's train step in the run's steps: stages that share it share the program."""
+    return (stage.image_size, stage.dropout_rate, stage.batch_size)
+
+
 def train_step_specs(run: Run, from_step: int = 0) -> list[StepSpec]:
     """The train steps of the stages from `from_step` on, one per distinct (image size,
-    dropout), in stage order."""
+    dropout, global batch), in stage order."""
     config, replicated = run.config, sharding.replicated(run.mesh)
     abstract_state = abstract_like(run.state, replicated)
     specs, keys = [], set()
     for stage in run.stages:
-        key = (stage.image_size, stage.dropout_rate)
+        key = step_key(stage)
         if stage.end_step <= from_step or key in keys:
             continue
         keys.add(key)
@@ -127,15 +133,17 @@ def train_step_specs(run: Run, from_step: int = 0) -> list[StepSpec]:
             dropout_rate=stage.dropout_rate, label_smoothing=config.train.label_smoothing,
             ema_max_decay=config.train.ema_decay, loss_type=config.train.loss,
             on_nonfinite=config.train.on_nonfinite)
-        batch = config.train.global_batch_size
+        batch = stage.batch_size
+        own_batch = batch != config.train.global_batch_size  # progressive.global_batch_sizes
         specs.append(StepSpec(
             key=key, step_fn=step_fn,
             args=(abstract_state, _abstract_batch(run, stage.image_size, batch, True)),
-            name=f"train_{stage.image_size}px",
+            name=f"train_{stage.image_size}px" + (f"_{batch}b" if own_batch else ""),
             description=_step_description(run, image_size=stage.image_size,
                                           dropout_rate=stage.dropout_rate),
             what=(f"stage {stage.index} ({stage.image_size} px, dropout "
-                  f"{stage.dropout_rate:.3f}): train step"),
+                  f"{stage.dropout_rate:.3f}" + (f", batch {batch}" if own_batch else "")
+                  + "): train step"),
             stage=stage.index, image_size=stage.image_size, batch=batch, donate_first=True))
     return specs
 

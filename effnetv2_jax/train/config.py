@@ -97,6 +97,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.progressive.mixup_alpha = (0.0, 0.0)
     c.progressive.cutmix_alpha = (0.0, 0.0)
     c.progressive.dropout_rate = (0.1, 0.3)
+    # () : train.global_batch_size in every stage; else one global batch per stage, e.g.
+    # (4096, 4096, 2048, 2048). Each stage's lr peak is base_lr * its batch / 256; with
+    # num_epochs each stage trains num_epochs / num_stages epochs (its steps follow its batch),
+    # with num_steps each stage 1/num_stages of the steps (train/progressive.py)
+    c.progressive.global_batch_sizes = ()
 
     c.eval = ml_collections.ConfigDict()
     c.eval.image_size = 0               # 0: the variant's eval size
@@ -185,6 +190,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
         pair = tuple(config.progressive[key])
         if len(pair) != 2 or min(pair) < 0:
             raise ValueError(f"config.progressive.{key}={pair!r} must be (first, last), >= 0")
+    batches = tuple(config.progressive.global_batch_sizes)
+    if batches and len(batches) != config.progressive.num_stages:
+        raise ValueError(f"config.progressive.global_batch_sizes={batches!r} gives "
+                         f"{len(batches)} batches for {config.progressive.num_stages} stages: "
+                         f"give one per stage, or () for train.global_batch_size throughout")
+    for i, batch in enumerate(batches):
+        if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+            raise ValueError(f"config.progressive.global_batch_sizes[{i}]={batch!r} (stage "
+                             f"{i}'s global batch) must be a positive integer")
     if max(config.progressive.dropout_rate) >= 1.0:
         raise ValueError(f"config.progressive.dropout_rate={config.progressive.dropout_rate} "
                          f"must stay below 1")

@@ -9,7 +9,8 @@ The preset is applied inside `get_config`, after the recipe, so explicit `--conf
 flags (applied later by ml_collections) still win over it.
 
 Batch rule: `max_global_batch_size` caps the recipe's batch (ImageNet's 4096 becomes 1024 on 8
-A100s), it never raises it (a fine-tune keeps its 512). When it lowers the batch, the learning
+A100s), it never raises it (a fine-tune keeps its 512), and caps each stage's batch
+(`progressive.global_batch_sizes`) alike. When it lowers the batch, the learning
 rate follows by itself (`train.base_lr` is per 256 images), epochs stay epochs, and a recipe
 given in steps (`train.num_steps`: V1, fine-tunes) gets its steps scaled by old/new batch so it
 sees the same number of images. The caps are starting points: the loop compiles every stage
@@ -71,6 +72,9 @@ def apply(config: ml_collections.ConfigDict, name: str) -> ml_collections.Config
     cap = overrides.pop("max_global_batch_size", None)
     if cap is not None and old_batch > cap:
         overrides["train.global_batch_size"] = cap
+    stage_batches = tuple(config.progressive.global_batch_sizes)
+    if cap is not None and stage_batches and max(stage_batches) > cap:  # each stage's too
+        overrides["progressive.global_batch_sizes"] = tuple(min(b, cap) for b in stage_batches)
     new_batch = overrides.get("train.global_batch_size", old_batch)
     if new_batch != old_batch and config.train.num_steps and "train.num_steps" not in overrides:
         # Same number of training images: steps scale with old / new batch.

@@ -6,25 +6,26 @@ ahead of time (a restart: what it needs now; the later stages' steps as they beg
 evaluating and checkpointing as configured -> final save and evaluation.
 The stage is a function of the global step, so a restarted run continues in the right stage
 with the right input pipeline and executable, and (data and randomness being functions of the
-step) produces bitwise the parameters an uninterrupted run would.
+step) produces bitwise the parameters an uninterrupted run would. A SIGTERM is recorded from
+before set-up (`train/preemption.py`): during start-up the run stops before its next phase
+with nothing written, during training it saves the step it finished and stops.
 """
 
 from __future__ import annotations
 
-import signal
 import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 from absl import logging
-from jax.experimental import multihost_utils
 
 from effnetv2_jax import data
 from effnetv2_jax.models.counting import count_flops
 from effnetv2_jax.train import progressive, sharding
 from effnetv2_jax.train.checkpoint import Checkpointer
-from effnetv2_jax.train.compiled_steps import compile_train_steps, eval_steps
+from effnetv2_jax.train.compiled_steps import compile_train_steps, eval_steps, step_key
+from effnetv2_jax.train.preemption import Preemption
 from effnetv2_jax.train.reporting import Reporter
 from effnetv2_jax.train.run import Run, model_overrides, setup
 from effnetv2_jax.train.state import TrainState
@@ -52,33 +53,6 @@ def run_evaluation(run: Run, eval_step, state: TrainState) -> dict[str, float]:
     results = {f"eval/{k}": v / count for k, v in totals.items()}
     results["eval/examples"] = count
     return results
-
-
-class _Preemption:
-    """SIGTERM -> save at a step all processes agree on, then exit cleanly.
-
-    Installed before compilation, so a SIGTERM during start-up also ends the run with exit
-    code 0 (before the first step, with nothing new to save).
-    """
-
-    def __init__(self):
-        self.requested = False
-        self.distributed = jax.process_count() > 1
-        if not self.distributed:  # multi-host: JAX's preemption sync service watches SIGTERM
-            self.previous = signal.signal(signal.SIGTERM, self._on_signal)
-
-    def _on_signal(self, signum, frame):
-        logging.warning("SIGTERM received: saving a checkpoint and stopping")
-        self.requested = True
-
-    def reached(self, step: int) -> bool:
-        if self.distributed:
-            return multihost_utils.reached_preemption_sync_point(step)
-        return self.requested
-
-    def restore(self) -> None:
-        if not self.distributed:
-            signal.signal(signal.SIGTERM, self.previous)
 
 
 class _FiniteCheck:
@@ -126,19 +100,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     Returns the last evaluation's metrics (empty if mode is "train").
     """
-    run = setup(config, workdir)
     if config.mode == "eval":
-        return evaluate_run(run)
-    preemption = _Preemption()
+        return evaluate_run(setup(config, workdir))
+    # Before set-up: a SIGTERM from here on stops the run cleanly (train/preemption.py).
+    preemption = Preemption()
     try:
+        run = setup(config, workdir)
+        preemption.attach()
         return _train(run, workdir, preemption)
     finally:
         preemption.restore()
 
 
-def _train(run: Run, workdir: str, preemption: _Preemption) -> dict[str, float]:
+def _stop_before_training(run: Run, preemption: Preemption, start_step: int,
+                          phase: str) -> bool:
+    """During start-up, a SIGTERM stops the run before its next phase, with nothing new to
+    save (several processes instead save together after the first step, as JAX's sync
+    service decides)."""
+    if preemption.distributed or not preemption.requested or start_step >= run.total_steps:
+        return False
+    logging.warning("preempted during start-up (%s): stopping before step %d, nothing new to "
+                    "save", phase, start_step)
+    run.checkpointer.close()
+    return True
+
+
+def _train(run: Run, workdir: str, preemption: Preemption) -> dict[str, float]:
     config = run.config
     start_step = int(jax.device_get(run.state.step))
+    if _stop_before_training(run, preemption, start_step, "after set-up, before compiling"):
+        return {}
     try:
         compiled = compile_train_steps(run, start_step)
         evals = (eval_steps(run, deferrable=True)
@@ -146,6 +137,8 @@ def _train(run: Run, workdir: str, preemption: _Preemption) -> dict[str, float]:
     except BaseException:
         _close_quietly(run.checkpointer.close)
         raise
+    if _stop_before_training(run, preemption, start_step, "after compiling"):
+        return {}
     checkpointer = run.checkpointer
     check_finite = _FiniteCheck(config.train.on_nonfinite, checkpointer)
     state = check_finite.start(run.state)
@@ -168,13 +161,8 @@ def _train(run: Run, workdir: str, preemption: _Preemption) -> dict[str, float]:
                                         "stage": progressive.stage_at(run.stages, step - 1).index},
                           metrics)
 
-    first_step = start_step
-    if preemption.requested and start_step < run.total_steps:
-        logging.warning("preempted during start-up: stopping before step %d (nothing new to "
-                        "save)", start_step)
-        first_step = run.total_steps
     try:
-        for step in range(first_step, run.total_steps):
+        for step in range(start_step, run.total_steps):
             if stage is None or step >= stage.end_step:
                 paused = time.perf_counter()
                 if iterator is not None:
@@ -184,15 +172,16 @@ def _train(run: Run, workdir: str, preemption: _Preemption) -> dict[str, float]:
                 iterator = data.make_train_iterator(
                     run.data_config, run.preprocess, image_size=stage.image_size,
                     randaug_magnitude=stage.randaug_magnitude, mixup_alpha=stage.mixup_alpha,
-                    cutmix_alpha=stage.cutmix_alpha,
-                    global_batch_size=config.train.global_batch_size, start_step=step,
+                    cutmix_alpha=stage.cutmix_alpha, global_batch_size=stage.batch_size,
+                    start_step=step, start_example=progressive.examples_before(run.stages, step),
                     seed=config.seed, process_index=jax.process_index(),
                     process_count=jax.process_count())
                 # The next batches go to the devices while a step runs (train.device_prefetch).
                 batches = sharding.prefetch_to_mesh(iterator, run.mesh,
                                                     config.train.device_prefetch)
                 local, global_batch = next(batches)
-                train_step = compiled[(stage.image_size, stage.dropout_rate)]  # may load it
+                train_step = compiled[step_key(stage)]  # may load it
+                reporter.global_batch_size = stage.batch_size  # images/s of this stage
                 reporter.stage_started(step, stage, local["image"])
                 logging.info("stage %d from step %d: %s", stage.index, step, stage)
                 reporter.pause(time.perf_counter() - paused)

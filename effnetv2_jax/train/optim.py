@@ -20,7 +20,8 @@ OPTIMIZERS = ("rmsprop", "sgd", "adamw")
 def learning_rate_schedule(*, base_lr: float, global_batch_size: int, steps_per_epoch: float,
                            total_steps: int, schedule: str = "exponential",
                            warmup_epochs: float = 5.0, decay_epochs: float = 2.4,
-                           decay_factor: float = 0.97, min_lr: float = 0.0) -> optax.Schedule:
+                           decay_factor: float = 0.97, min_lr: float = 0.0,
+                           stages=None) -> optax.Schedule:
     """Peak lr = base_lr * global_batch_size / 256, as the official `WarmupLearningRateSchedule`.
 
     The decay is a function of the global step from step 0; the warmup (peak * step / warmup
@@ -28,10 +29,20 @@ def learning_rate_schedule(*, base_lr: float, global_batch_size: int, steps_per_
     lr is already 0.256 * 0.97^2. "exponential": staircase `decay_factor` every `decay_epochs`.
     "cosine": 0.5 * peak * (1 + cos(pi * step / total_steps)). "constant": the peak. The result
     is floored at `min_lr`.
+
+    `stages` (progressive stages with their own batches, `progressive.make_stages`): within a
+    stage the peak is base_lr * its batch / 256, and the schedule's position is the examples
+    seen before the step over `global_batch_size` (the reference batch that
+    `steps_per_epoch` and `total_steps` count), so warmup and decay keep their length in
+    epochs whatever the stages' batches.
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown lr schedule {schedule!r} (valid: {', '.join(SCHEDULES)})")
     peak = base_lr * global_batch_size / 256.0
+    if stages:  # the run's length in reference steps: all its examples / the reference batch
+        last = stages[-1]
+        total_steps = (last.start_example + (last.end_step - last.start_step)
+                       * last.batch_size) / global_batch_size
     warmup_steps = int(warmup_epochs * steps_per_epoch)
     if schedule == "exponential":
         decayed = optax.exponential_decay(peak, transition_steps=decay_epochs * steps_per_epoch,
@@ -41,11 +52,23 @@ def learning_rate_schedule(*, base_lr: float, global_batch_size: int, steps_per_
     else:
         decayed = optax.constant_schedule(peak)
 
-    def lr(step):
+    def shape(step):  # at the reference batch
         warm = peak * step / max(warmup_steps, 1)
-        return jnp.maximum(jnp.where(step < warmup_steps, warm, decayed(step)), min_lr)
+        return jnp.where(step < warmup_steps, warm, decayed(step))
 
-    return lr
+    if not stages:
+        return lambda step: jnp.maximum(shape(step), min_lr)
+    starts = jnp.asarray([s.start_step for s in stages])
+    # Per stage: position at its start and per step, in reference steps; lr scale.
+    offsets = jnp.asarray([s.start_example / global_batch_size for s in stages], jnp.float32)
+    rates = jnp.asarray([s.batch_size / global_batch_size for s in stages], jnp.float32)
+
+    def staged(step):
+        i = jnp.clip(jnp.searchsorted(starts, step, side="right") - 1, 0, len(stages) - 1)
+        position = offsets[i] + (step - starts[i]).astype(jnp.float32) * rates[i]
+        return jnp.maximum(rates[i] * shape(position), min_lr)
+
+    return staged
 
 
 def kernel_mask(params):

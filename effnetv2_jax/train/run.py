@@ -72,6 +72,13 @@ def model_overrides(config) -> dict:
     return {k: v for k, v in overrides.items() if v is not None}
 
 
+def stage_batch_sizes(config) -> tuple[int, ...]:
+    """Each progressive stage's global batch: `progressive.global_batch_sizes`, or
+    `train.global_batch_size` for all."""
+    return (tuple(config.progressive.global_batch_sizes)
+            or (config.train.global_batch_size,) * config.progressive.num_stages)
+
+
 def stage_schedule(config, variant) -> progressive.Schedule:
     """The first and last stage's settings: the config's own ("custom") or a preset's."""
     p = config.progressive
@@ -98,6 +105,10 @@ def plan(config: ml_collections.ConfigDict, devices=None,
     mesh = sharding.make_mesh(devices)
     batch = config.train.global_batch_size
     sharding.check_batch_size(batch, mesh)
+    batches = stage_batch_sizes(config)
+    for i, stage_batch in enumerate(config.progressive.global_batch_sizes):
+        sharding.check_batch_size(stage_batch, mesh, f"stage {i}'s batch "
+                                                     f"progressive.global_batch_sizes[{i}]")
     eval_batch = config.eval.global_batch_size or batch
     sharding.check_batch_size(eval_batch, mesh, "eval.global_batch_size")
     overrides = model_overrides(config)
@@ -111,10 +122,17 @@ def plan(config: ml_collections.ConfigDict, devices=None,
         raise ValueError(f"config.model.num_classes={num_classes} but the data has "
                          f"{info.num_classes} classes; set it to 0 (the data's count) or "
                          f"{info.num_classes}")
+    # Epochs and the lr schedule are measured at train.global_batch_size; stages at other
+    # batches are placed by the examples they see (train/progressive.py).
     steps_per_epoch = info.num_train_examples / batch
-    total_steps = config.train.num_steps or int(config.train.num_epochs * steps_per_epoch)
+    ends = ()
+    if len(set(batches)) > 1 and not config.train.num_steps:
+        ends = progressive.epoch_ends(config.train.num_epochs, info.num_train_examples, batches)
+    total_steps = (config.train.num_steps or (ends[-1] if ends else
+                                              int(config.train.num_epochs * steps_per_epoch)))
     stages = progressive.make_stages(stage_schedule(config, variant),
-                                     config.progressive.num_stages, total_steps)
+                                     config.progressive.num_stages, total_steps,
+                                     batch_sizes=batches, ends=ends)
 
     conv_impl = resolve_conv_impl(config.model.conv_impl, sharding.platform(mesh))
     model_kwargs = dict(num_classes=num_classes, dtype=config.model.dtype, conv_impl=conv_impl,
@@ -128,7 +146,8 @@ def plan(config: ml_collections.ConfigDict, devices=None,
         base_lr=config.train.base_lr, global_batch_size=batch, steps_per_epoch=steps_per_epoch,
         total_steps=total_steps, schedule=config.train.lr_schedule,
         warmup_epochs=config.train.warmup_epochs, decay_epochs=config.train.decay_epochs,
-        decay_factor=config.train.decay_factor, min_lr=config.train.min_lr)
+        decay_factor=config.train.decay_factor, min_lr=config.train.min_lr,
+        stages=stages if len(set(batches)) > 1 else None)
     tx = make_optimizer(learning_rate=learning_rate, optimizer=config.train.optimizer,
                         weight_decay=config.train.weight_decay,
                         grad_clip_norm=config.train.grad_clip_norm)
