@@ -316,6 +316,22 @@ def test_finetune_refuses_to_start_without_a_checkpoint():
         f"--config={CONFIGS / 'cifar10_ft'}.py:code", "--config.train.init_checkpoint=/ckpt"))
 
 
+@pytest.mark.parametrize("name", ["finetune", "cifar10_ft", "cifar100_ft", "flowers_ft",
+                                  "cars_ft", "imagenet_ft1k"])
+def test_finetune_docstrings_say_a_missing_checkpoint_is_refused(name):
+    """What the docstring promises is what validate does: the run stops at start-up."""
+    import ast
+
+    doc = " ".join(ast.get_docstring(ast.parse((CONFIGS / f"{name}.py").read_text())).split())
+    assert "--config.train.init_checkpoint=DIR" in doc and "is required" in doc, doc
+    assert "without it the run stops at start-up" in doc, doc
+    assert "scratch" not in doc, doc
+    config = load(name, "code,dataset=cifar10" if name == "finetune" else "code")
+    assert config.train.require_init_checkpoint
+    with pytest.raises(ValueError, match="set --config.train.init_checkpoint=DIR"):
+        validate(config)
+
+
 # ---- one library module, parametrised families ----------------------------------------------
 
 HW = ("", "hw=tpu_v4_32", "hw=gpu_8xa100", "hw=cpu_debug")
