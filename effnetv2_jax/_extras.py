@@ -22,6 +22,7 @@ EXTRA_MODULES = {
     "notebooks": ("skimage", "nbclient", "nbformat", "matplotlib"),
     "convert": ("torch", "timm", "safetensors", "keras", "h5py"),
     "cpu": ("cmeel_mimalloc",),
+    "onnx": ("jax2onnx", "onnx", "onnxruntime"),
 }
 
 

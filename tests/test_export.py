@@ -1,10 +1,11 @@
-"""Export for serving: jax.export file, SavedModel (jax2tf) and TFLite, each against the JAX model.
+"""Export for serving: jax.export file, SavedModel (jax2tf), TFLite and ONNX, each against the JAX
+model.
 
 One tiny checkpoint per module (2 blocks, 10 classes, eval at 32 px, the bicubic centre-crop
 preprocessing of efficientnetv2-b0, random weights), written with the converters' writer; each
 artefact is exported once and checked on the same real photos (crops of scikit-image's samples):
-probabilities within 1e-4 of the JAX model's, top-1 identical; dynamic-range quantized TFLite
-top-1 identical on at least 95% of the images.
+probabilities within 1e-4 of the JAX model's, top-1 identical (ONNX: logits within 1e-4 too);
+dynamic-range quantized TFLite top-1 identical on at least 95% of the images.
 """
 
 import json
@@ -12,6 +13,7 @@ import os
 
 import jax
 import numpy as np
+import onnx
 import pytest
 import skimage.data
 import tensorflow as tf
@@ -24,6 +26,9 @@ from effnetv2_jax.data.preprocess import eval_image
 from effnetv2_jax.export import (export_checkpoint, export_function, inference_function,
                                  load_jax_export, parse_batch)
 from effnetv2_jax.export.__main__ import main as export_main
+from effnetv2_jax.export.inference_fn import export_model
+from effnetv2_jax.export.onnx_export import (ONNXConversionError, convert_function, load_onnx,
+                                             op_counts)
 from effnetv2_jax.export.savedmodel import ServingModule
 from effnetv2_jax.export.tf_preprocess import eval_batch
 from effnetv2_jax.export.tflite import TFLiteConversionError, TFLiteModel, convert_savedmodel
@@ -89,9 +94,10 @@ def reference(loaded, photos):
 @pytest.fixture(scope="module")
 def artefacts(checkpoint, tmp_path_factory):
     """Every export, once: a jax.export file, a bare SavedModel (through the CLI), a SavedModel
-    with preprocessing and a float32 TFLite file with preprocessing."""
+    with preprocessing, a float32 TFLite file with preprocessing and an ONNX file (CLI)."""
     root = tmp_path_factory.mktemp("exports")
-    paths = {name: str(root / name) for name in ("model.jax", "bare", "served", "served.tflite")}
+    paths = {name: str(root / name) for name in ("model.jax", "bare", "served", "served.tflite",
+                                                 "model.onnx")}
     export_checkpoint(checkpoint, "jax_export", paths["model.jax"])
     assert export_main(["--checkpoint", checkpoint, "--format", "savedmodel",
                         "--output", paths["bare"]]) == 0
@@ -99,6 +105,8 @@ def artefacts(checkpoint, tmp_path_factory):
                       top_k=3)
     export_checkpoint(checkpoint, "tflite", paths["served.tflite"], with_preprocessing=True,
                       top_k=3)
+    assert export_main(["--checkpoint", checkpoint, "--format", "onnx",
+                        "--output", paths["model.onnx"]]) == 0
     return paths
 
 
@@ -237,9 +245,71 @@ def test_tflite_error_names_the_op(tmp_path):
             jax.jit(eigenvalues))(spec).mlir_module())
 
 
+def test_onnx_parity_any_batch_and_metadata(artefacts, reference):
+    """onnxruntime on the exported file: probabilities within 1e-4 of JAX's, top-1 identical,
+    at batch 8, 3 and 1 (the batch dimension is symbolic); every BatchNorm folded into its
+    convolution; the same metadata beside it as the other formats."""
+    model = onnx.load(artefacts["model.onnx"])
+    ops = op_counts(model)
+    assert not {"BatchNormalization", "Sqrt", "Div", "Sub"} & set(ops), ops
+    assert ops["Conv"] == 6  # stem, fused, expand, depthwise, project, head: one per BN
+    groups = [a.i for n in model.graph.node if n.op_type == "Conv" for a in n.attribute
+              if a.name == "group"]
+    assert 32 in groups  # the depthwise convolution of 32 expanded channels
+    (graph_input,) = model.graph.input
+    assert graph_input.name == "images"
+    assert graph_input.type.tensor_type.shape.dim[0].dim_param == "batch"
+    session = load_onnx(artefacts["model.onnx"])
+    for x, want in reference:
+        for n in (len(x), 3, 1):
+            (got,) = session.run(["probabilities"], {"images": x[:n]})
+            _check_parity(got, want[:n])
+    with open(artefacts["model.onnx"] + ".meta.json") as f:
+        meta = json.load(f)
+    assert meta["format"] == "onnx" and meta["class_names"] == CLASSES
+    assert meta["input"]["shape"] == [None, SIZE, SIZE, 3] and meta["batch"] == "dynamic"
+    assert meta["outputs"] == [{"name": "probabilities", "dtype": "float32",
+                                "shape": [None, 10]}]
+    assert {"jax2onnx", "onnx", "onnxruntime"} <= set(meta["versions"])
+    assert "tensorflow" not in meta["versions"]
+
+
+def test_onnx_logits_and_fixed_batch(loaded, reference, tmp_path):
+    """The network's logits through jax2onnx and onnxruntime's folding: within 1e-4 of JAX's
+    (the CPU conv implementation's); --batch 2 fixes the input shape."""
+    model = export_model(loaded)
+    onnx_model = convert_function(lambda images: model(images), SIZE, output_name="logits")
+    path = str(tmp_path / "logits.onnx")
+    onnx.save(onnx_model, path)
+    session = load_onnx(path)
+    for x, _ in reference:
+        (got,) = session.run(["logits"], {"images": x})
+        want = np.asarray(loaded.model(x))
+        assert np.abs(got - want).max() <= TOLERANCE
+        np.testing.assert_array_equal(got.argmax(-1), want.argmax(-1))
+    fixed = str(tmp_path / "fixed.onnx")
+    export_checkpoint(loaded.path, "onnx", fixed, batch=2)
+    session = load_onnx(fixed)
+    assert session.get_inputs()[0].shape == [2, SIZE, SIZE, 3]
+    x, want = reference[0][0][:2], reference[0][1][:2]
+    _check_parity(session.run(None, {"images": x})[0], want)
+    with pytest.raises(Exception, match="images"):
+        session.run(None, {"images": reference[0][0][:3]})
+
+
+def test_onnx_error_names_the_primitive():
+    with pytest.raises(ONNXConversionError, match=r"jax2onnx \S+ cannot convert this "
+                                                  r"function: eigh .*--format jax_export"):
+        convert_function(lambda x: jax.numpy.linalg.eigvalsh(x[0, :, :, 0]), 4, batch=1)
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--checkpoint", "{missing}", "--format", "jax_export"], "no checkpoint at"),
-    (["--format", "onnx"], "unknown format 'onnx' (valid: savedmodel, jax_export, tflite)"),
+    (["--format", "onnyx"], "unknown format 'onnyx' (valid: savedmodel, jax_export, tflite, "
+                            "onnx)"),
+    (["--format", "onnx", "--with-preprocessing"], "--with-preprocessing needs --format "
+                                                   "savedmodel or tflite"),
+    (["--format", "onnx", "--platforms", "cpu,tpu"], "an ONNX model has no lowering"),
     (["--format", "jax_export", "--batch", "0"], "--batch must be a positive integer or "
                                                  "'dynamic', got '0'"),
     (["--format", "jax_export", "--output", "{existing}"], "already exists; pass --overwrite"),

@@ -1,10 +1,11 @@
 """Command line: export a checkpoint for serving.
 
-    python -m effnetv2_jax.export --checkpoint DIR --format {savedmodel,jax_export,tflite} \
+    python -m effnetv2_jax.export --checkpoint DIR --format {savedmodel,jax_export,tflite,onnx} \
         --output OUT [--batch N|dynamic] [--with-preprocessing] [--quantize] [--overwrite]
 
-Prints what it wrote (size, input and output specs). Exit status 1 on a bad argument, a missing
-checkpoint or an op that TFLite cannot convert (the message names it).
+Prints what it wrote (size, input and output specs); a progress bar on a terminal. Exit status 1
+on a bad argument, a missing checkpoint or an op that TFLite or ONNX cannot convert (the message
+names it).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", required=True,
                         help=f"one of {', '.join(FORMATS)}")
     parser.add_argument("--output", required=True,
-                        help="SavedModel directory, or the .jax / .tflite file to write")
+                        help="SavedModel directory, or the .jax / .tflite / .onnx file to "
+                             "write")
     parser.add_argument("--batch", default="dynamic",
                         help="fixed batch size, or 'dynamic' (default: any batch)")
     parser.add_argument("--with-preprocessing", action="store_true",
@@ -58,9 +60,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except RuntimeError as error:
-        from effnetv2_jax.export.tflite import TFLiteConversionError
-
-        if not isinstance(error, TFLiteConversionError):
+        # Each error class is defined by a module that needs its extra (TensorFlow, jax2onnx):
+        # one that raised was imported.
+        conversion_errors = tuple(
+            getattr(sys.modules[module], name) for module, name in (
+                ("effnetv2_jax.export.tflite", "TFLiteConversionError"),
+                ("effnetv2_jax.export.onnx_export", "ONNXConversionError"))
+            if module in sys.modules)
+        if not isinstance(error, conversion_errors):
             raise
         print(f"error: {error}", file=sys.stderr)
         return 1

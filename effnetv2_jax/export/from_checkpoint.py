@@ -5,7 +5,9 @@ Formats (`FORMATS`):
 * "jax_export": one file, `jax.export` of the inference function (`jax_export.py`);
 * "savedmodel": a SavedModel directory through jax2tf (`savedmodel.py`);
 * "tflite": one `.tflite` file converted from that SavedModel (`tflite.py`), float32 or
-  dynamic-range quantized.
+  dynamic-range quantized;
+* "onnx": one `.onnx` file, the JAX function converted by jax2onnx with BatchNorm folded into
+  the convolutions (`onnx_export.py`, which says why not tf2onnx).
 
 Each uses the checkpoint's EMA weights (unless `use_ema=False`) in eval mode. Every artefact
 gets its metadata as JSON (model, class names, eval size, preprocessing, input and output specs,
@@ -18,6 +20,7 @@ so a failed export leaves nothing half-written at `output`.
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import json
 import os
 import shutil
@@ -27,11 +30,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from effnetv2_jax._extras import require
+from effnetv2_jax.progress import progress
 
 if TYPE_CHECKING:  # the CLI's --help needs neither JAX nor the model
     from effnetv2_jax.inference import LoadedModel
 
-FORMATS = ("savedmodel", "jax_export", "tflite")
+FORMATS = ("savedmodel", "jax_export", "tflite", "onnx")
 PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 SAVEDMODEL_METADATA = os.path.join("assets.extra", "effnetv2_jax.json")
 
@@ -122,11 +126,15 @@ def check_request(fmt: str, output: str, *, batch: int | None, with_preprocessin
     if fmt == "tflite" and tuple(platforms) != ("cpu",):
         raise ValueError(f"--platforms {','.join(platforms)}: TFLite converts the CPU lowering; "
                          f"platforms apply to savedmodel and jax_export")
-    if with_preprocessing and fmt == "jax_export":
-        raise ValueError("--with-preprocessing needs --format savedmodel or tflite: the eval "
-                         "preprocessing is TF ops (crop, resize), and its crop size depends on "
-                         "the image size, which a jax.export shape cannot; export the bare model "
-                         "and preprocess with effnetv2_jax.inference.preprocess_images")
+    if fmt == "onnx" and tuple(platforms) != ("cpu",):
+        raise ValueError(f"--platforms {','.join(platforms)}: an ONNX model has no lowering; "
+                         f"it runs on any onnxruntime execution provider (platforms apply to "
+                         f"savedmodel and jax_export)")
+    if with_preprocessing and fmt in ("jax_export", "onnx"):
+        raise ValueError(f"--with-preprocessing needs --format savedmodel or tflite: the eval "
+                         f"preprocessing is TF ops (crop, resize), and its crop size depends on "
+                         f"the image size, which a {fmt} input shape cannot; export the bare "
+                         f"model and preprocess with effnetv2_jax.inference.preprocess_images")
     return _check_output(fmt, output, overwrite)
 
 
@@ -168,7 +176,10 @@ def _versions(fmt: str) -> dict[str, str]:
     import effnetv2_jax
 
     versions = {"effnetv2_jax": effnetv2_jax.__version__, "jax": jax.__version__}
-    if fmt != "jax_export":  # the other formats went through TensorFlow
+    if fmt == "onnx":
+        for package in ("jax2onnx", "onnx", "onnxruntime"):
+            versions[package] = importlib.metadata.version(package)
+    elif fmt != "jax_export":  # savedmodel and tflite went through TensorFlow
         tf = require("tensorflow", "data")
 
         versions["tensorflow"] = tf.__version__
@@ -184,6 +195,11 @@ def _write(loaded: LoadedModel, fmt: str, target: str, *, batch, with_preprocess
         from effnetv2_jax.export.jax_export import write_jax_export
 
         write_jax_export(fn, target, batch=batch, platforms=platforms)
+        return
+    if fmt == "onnx":
+        from effnetv2_jax.export.onnx_export import write_onnx
+
+        write_onnx(fn, target, batch=batch)
         return
     from effnetv2_jax.export.savedmodel import write_savedmodel
 
@@ -257,7 +273,7 @@ def export_checkpoint(checkpoint: str, fmt: str, output: str, *, batch: int | No
 
     Args:
       checkpoint: a workdir, checkpoints directory or step directory (trained or converted).
-      fmt: "savedmodel", "jax_export" or "tflite".
+      fmt: "savedmodel", "jax_export", "tflite" or "onnx".
       output: the SavedModel directory, or the file to write.
       batch: a fixed batch size; None (default) accepts any.
       with_preprocessing: savedmodel / tflite: take uint8 [batch, H, W, 3] images of any size,
@@ -273,7 +289,8 @@ def export_checkpoint(checkpoint: str, fmt: str, output: str, *, batch: int | No
     Raises:
       ValueError, FileExistsError: bad arguments, found before loading anything;
       FileNotFoundError: no checkpoint at `checkpoint`;
-      TFLiteConversionError: an op did not convert to TFLite (named in the message).
+      TFLiteConversionError: an op did not convert to TFLite (named in the message);
+      ONNXConversionError: a JAX primitive did not convert to ONNX (named in the message).
     """
     platforms = tuple(platforms)
     check_request(fmt, output, batch=batch, with_preprocessing=with_preprocessing,
@@ -283,7 +300,14 @@ def export_checkpoint(checkpoint: str, fmt: str, output: str, *, batch: int | No
     find_checkpoint(checkpoint, step)  # a missing checkpoint fails before JAX builds anything
     from effnetv2_jax.export.inference_fn import EXPORT_CONV_IMPL
 
-    loaded = load_checkpoint(checkpoint, step=step, use_ema=use_ema, conv_impl=EXPORT_CONV_IMPL)
-    return export_loaded(loaded, fmt, output, batch=batch,
-                         with_preprocessing=with_preprocessing, quantize=quantize, top_k=top_k,
-                         platforms=platforms, overwrite=overwrite)
+    with progress(total=2, desc=f"export {fmt}", unit="stage") as bar:
+        bar.set_postfix_str("loading the checkpoint")
+        loaded = load_checkpoint(checkpoint, step=step, use_ema=use_ema,
+                                 conv_impl=EXPORT_CONV_IMPL)
+        bar.update()
+        bar.set_postfix_str(f"converting and writing {fmt}")
+        report = export_loaded(loaded, fmt, output, batch=batch,
+                               with_preprocessing=with_preprocessing, quantize=quantize,
+                               top_k=top_k, platforms=platforms, overwrite=overwrite)
+        bar.update()
+    return report
