@@ -336,6 +336,8 @@ BAD_OVERRIDES = [
     ("--config.progressive.num_stages=0", "num_stages=0"),
     ("--config.progressive.num_stages=10", "cannot fill 10 stages"),  # 6 steps only
     ("--config.progressive.dropout_rate=(0.0,1.5)", "1.5"),
+    ("--config.progressive.global_batch_sizes=(8,)", "1 batches for 2 stages"),
+    ("--config.progressive.global_batch_sizes=(8,6)", "stage 1's batch"),  # 4 devices
     ("--config.train.optimizer=lamb", "lamb"),
     ("--config.train.on_nonfinite=ignore", "ignore"),
     ("--config.checkpoint.keep_latest=0", "keep_latest=0"),
