@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from etils import epath
 
 from effnetv2_jax.preprocessing import Preprocessing
 
@@ -58,19 +59,20 @@ def _to_rgb(image) -> np.ndarray:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """An image file (JPEG, PNG, GIF, BMP, WebP) -> uint8 [height, width, 3]; the first frame of
-    an animation.
+    """An image file (JPEG, PNG, GIF, BMP, WebP), local or gs://..., -> uint8 [height, width,
+    3]; the first frame of an animation.
 
     Raises ImageError with a one-line message when the path is missing or not an image."""
     from PIL import Image, UnidentifiedImageError
 
     path = os.fspath(path)
-    if not os.path.exists(path):
+    file = epath.Path(path)  # local, or gs://... (effnetv2_jax/paths.py)
+    if not file.exists():
         raise ImageError(f"{path}: no such file")
-    if os.path.isdir(path):
+    if file.is_dir():
         raise ImageError(f"{path}: is a directory, not an image")
     try:
-        with open(path, "rb") as f:
+        with file.open("rb") as f:
             if not looks_like_image(f.read(12)):
                 raise ImageError(f"{path}: not a readable image ({FORMATS}): unknown file format")
             f.seek(0)

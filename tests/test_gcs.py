@@ -149,3 +149,25 @@ def test_local_file_copies_a_tf1_prefix_with_its_siblings(gcs_dir):
         assert not os.path.exists(local) and not os.path.exists(os.path.dirname(local))
     with pytest.raises(FileNotFoundError, match="nothing at gs://"):
         paths.local_file(gcs_dir / "tf1" / "model.ckpt-3", siblings=True)
+
+
+def test_predict_reads_images_from_a_bucket(gcs_dir, tmp_path):
+    from PIL import Image  # noqa: PLC0415
+
+    from effnetv2_jax import predict  # noqa: PLC0415
+    from effnetv2_jax.images import ImageError, read_image  # noqa: PLC0415
+
+    write_tiny_checkpoint(gcs_dir / "model")
+    pixels = np.random.default_rng(0).integers(0, 255, (20, 24, 3), np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "x.png")
+    (gcs_dir / "images" / "x.png").write_bytes((tmp_path / "x.png").read_bytes())
+    (gcs_dir / "images" / "notes.png").write_text("not an image")
+    np.testing.assert_array_equal(read_image(str(gcs_dir / "images" / "x.png")), pixels)
+    loaded = load_checkpoint(str(gcs_dir / "model"))
+    remote = predict(loaded, [str(gcs_dir / "images" / "x.png")], top_k=2)
+    local = predict(loaded, [str(tmp_path / "x.png")], top_k=2)
+    np.testing.assert_array_equal(remote.probabilities, local.probabilities)
+    with pytest.raises(ImageError, match="notes.png: not a readable image"):
+        read_image(str(gcs_dir / "images" / "notes.png"))
+    with pytest.raises(ImageError, match="missing.png: no such file"):
+        read_image(str(gcs_dir / "images" / "missing.png"))
