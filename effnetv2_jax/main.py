@@ -55,6 +55,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from effnetv2_jax.logs import quiet_orbax  # noqa: PLC0415
+
+    quiet_orbax()  # Orbax's INFO lines only with --logger_levels=orbax:INFO (logs.py)
     config = _CONFIG.value
     mode = _MODE.value or config.mode
     if mode != "compile" and (_TOPOLOGY.value or _SLICES.value != 1 or _STAGES.value != "all"):

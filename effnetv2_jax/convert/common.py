@@ -17,6 +17,8 @@ from typing import Protocol
 
 import numpy as np
 
+from effnetv2_jax.progress import progress
+
 SOURCES = ("tf1", "timm", "keras")  # the weight formats, one converter module each
 _SHOWN = 25  # offenders listed per category; the count of the rest follows
 
@@ -119,7 +121,8 @@ def match(expected: Mapping[str, tuple[int, ...]], mapping: Mapping[str, SourceT
     available = set(reader.names())
     used = {mapping[leaf].name for leaf in expected} | set(dropped)
     missing, wrong_shape, values = [], [], {}
-    for leaf in [leaf for leaf in mapping if leaf in expected]:  # network order, for messages
+    leaves = [leaf for leaf in mapping if leaf in expected]  # network order, for messages
+    for leaf in progress(leaves, desc="convert", unit="tensor", leave=False):
         source, shape = mapping[leaf], expected[leaf]
         if source.name not in available:
             missing.append((source, leaf))

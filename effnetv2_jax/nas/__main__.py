@@ -2,7 +2,9 @@
 
 Runs (or, in the same workdir, resumes) the search and prints each candidate as it finishes,
 then the top `nas.top_k` candidates and where the log, `best_config.py` and `pareto.png` are.
-Override any key with `--config.key=value`, e.g. `--config.nas.num_candidates=40`.
+Override any key with `--config.key=value`, e.g. `--config.nas.num_candidates=40`. On a
+terminal a progress bar counts the candidates (with an ETA); `--logger_levels=orbax:INFO` shows
+Orbax's checkpointing lines, which are off by default.
 """
 
 import os
@@ -22,6 +24,9 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from effnetv2_jax.logs import quiet_orbax  # noqa: PLC0415
+
+    quiet_orbax()  # Orbax's INFO lines only with --logger_levels=orbax:INFO (logs.py)
     config = _CONFIG.value
     logging.info("config:\n%s", config)
     import jax  # noqa: PLC0415 - after the flags: --help imports no JAX

@@ -29,6 +29,7 @@ from effnetv2_jax.nas import log, outputs, plot, proxy
 from effnetv2_jax.nas.reward import check_exponents, reward
 from effnetv2_jax.nas.space import SearchSpace
 from effnetv2_jax.nas.strategies import STRATEGIES, make_strategy
+from effnetv2_jax.progress import progress
 from effnetv2_jax.train import progressive, sharding
 from effnetv2_jax.train.config import validate
 
@@ -271,7 +272,8 @@ def run_search(config: ml_collections.ConfigDict, workdir: str,
                      nas.num_candidates)
 
     best = _write_outputs(workdir, records, train_config, nas) if records else None
-    for index in range(len(records), nas.num_candidates):
+    for index in progress(range(len(records), nas.num_candidates), total=nas.num_candidates,
+                          initial=len(records), desc="nas", unit="candidate"):
         _check_failures(records)
         proposal = strategy.propose(index, {r.block_strings for r in records})
         record = _evaluate(index, proposal, records, train_config, nas, workdir)

@@ -22,6 +22,7 @@ from absl import logging
 
 from effnetv2_jax import data
 from effnetv2_jax.models.counting import count_flops
+from effnetv2_jax.progress import progress
 from effnetv2_jax.train import progressive, sharding
 from effnetv2_jax.train.checkpoint import Checkpointer
 from effnetv2_jax.train.compiled_steps import compile_train_steps, eval_steps, step_key
@@ -41,8 +42,10 @@ def run_evaluation(run: Run, eval_step, state: TrainState) -> dict[str, float]:
         run.data_config, run.preprocess, image_size=run.eval_size, global_batch_size=batch,
         process_index=jax.process_index(), process_count=jax.process_count())
     batches = sharding.prefetch_to_mesh(iterator, run.mesh, run.config.train.device_prefetch)
+    total = len(iterator) if hasattr(iterator, "__len__") else None
     try:
-        for _, global_batch in batches:
+        for _, global_batch in progress(batches, total=total, desc="eval", unit="batch",
+                                        leave=False):
             sums = jax.device_get(eval_step(state, global_batch))
             for k, v in sums.items():
                 totals[k] = totals.get(k, 0.0) + float(v)
