@@ -267,23 +267,39 @@ def test_imagenet_class_names():
     assert inference.default_class_names(3) == ("class_0", "class_1", "class_2")
 
 
-@pytest.mark.slow  # executes a notebook in a kernel
-def test_inference_notebook_runs(tmp_path):
-    """Executes notebooks/inference.ipynb end to end (it writes a randomly initialised
-    checkpoint itself when EFFNETV2_CHECKPOINT is not set)."""
+@pytest.mark.slow  # executes a notebook in a kernel, twice
+@pytest.mark.parametrize("hub", ["cached", "offline"])
+def test_inference_notebook_runs(tmp_path, hub):
+    """Executes notebooks/inference.ipynb end to end with the Hub offline: with a local Hub
+    cache holding the pretrained file (random weights timm wrote) it loads those; without, it
+    says why and falls back to a randomly initialised checkpoint it writes itself."""
     import nbclient
     import nbformat
 
     notebook = nbformat.read(REPO / "notebooks" / "inference.ipynb", as_version=4)
-    env = {k: v for k, v in os.environ.items() if k != "EFFNETV2_CHECKPOINT"}
+    env = {k: v for k, v in os.environ.items()
+           if k != "EFFNETV2_CHECKPOINT" and not k.startswith(("HF_", "HUGGINGFACE_"))}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [env.get("PYTHONPATH")] if p])
-    env["EFFNETV2_NOTEBOOK_TMP"] = str(tmp_path)
+    env.update(EFFNETV2_NOTEBOOK_TMP=str(tmp_path), HF_HOME=str(tmp_path / "hf"),
+               HF_HUB_OFFLINE="1", EFFNETV2_JAX_CACHE=str(tmp_path / "converted"),
+               EFFNETV2_PRETRAINED="efficientnetv2-b0/in1k")
+    if hub == "cached":
+        from hub_cache import add_to_hub_cache
+
+        add_to_hub_cache(tmp_path / "hf" / "hub", "timm/tf_efficientnetv2_b0.in1k",
+                         "tf_efficientnetv2_b0")
     client = nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": str(tmp_path)}})
     client.execute(env=env)
     text = "\n".join(output.get("text", "") for cell in notebook.cells
                      for output in cell.get("outputs", []))
     assert "top-5" in text and "parameters" in text
+    if hub == "cached":
+        assert "pretrained efficientnetv2-b0 'in1k'" in text and "from hf://timm/" in text
+        assert os.listdir(tmp_path / "converted" / "pretrained" / "efficientnetv2-b0")
+    else:
+        assert "No pretrained weights" in text and "HF_HUB_OFFLINE" in text
+        assert "randomly initialised efficientnetv2-b0" in text
     images = [o for cell in notebook.cells for o in cell.get("outputs", [])
               if "image/png" in o.get("data", {})]
     assert images, "the notebook shows its images and bar charts"

@@ -3,7 +3,6 @@ random weights that timm itself wrote (`save_for_hf`), served with the Hub offli
 once, then loaded from the converted cache; the tag table checked against timm's metadata.
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -24,38 +23,9 @@ import effnetv2_jax
 from effnetv2_jax.convert import pipeline
 from effnetv2_jax.pretrained import load, tags
 from effnetv2_jax.predict_cli import main as predict_main
+from hub_cache import add_to_hub_cache
 
 REPO = Path(__file__).resolve().parents[1]
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-def add_to_hub_cache(hub_cache: Path, repo_id: str, timm_name: str, seed: int = 0) -> Path:
-    """Writes `repo_id` at revision main into a huggingface_hub cache: timm's `save_for_hf`
-    output (config.json, model.safetensors) of a randomly initialised `timm_name`, as blobs
-    named by their SHA-256 and snapshot links, the layout `hf_hub_download` reads."""
-    torch.manual_seed(seed)
-    model = timm.create_model(timm_name, pretrained=False)
-    with torch.no_grad():  # non-trivial BN statistics, so a wrong mapping shows in the logits
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.normal_(0.0, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-    staging = hub_cache / "staging" / repo_id
-    timm.models.save_for_hf(model, str(staging), safe_serialization=True)
-    repo = hub_cache / f"models--{repo_id.replace('/', '--')}"
-    (repo / "blobs").mkdir(parents=True, exist_ok=True)
-    (repo / "snapshots" / COMMIT).mkdir(parents=True, exist_ok=True)
-    (repo / "refs").mkdir(exist_ok=True)
-    (repo / "refs" / "main").write_text(COMMIT)
-    for name in ("config.json", "model.safetensors"):
-        data = (staging / name).read_bytes()
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.write_bytes(data)
-        os.symlink(os.path.relpath(blob, repo / "snapshots" / COMMIT),
-                   repo / "snapshots" / COMMIT / name)
-    return repo / "snapshots" / COMMIT / "model.safetensors"
-
-
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     """HF_HOME with timm/tf_efficientnetv2_b0.in1k (random weights) in its hub cache."""
