@@ -29,6 +29,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from effnetv2_jax import paths
 from effnetv2_jax._extras import require
 from effnetv2_jax.progress import progress
 
@@ -86,6 +87,8 @@ def parse_batch(value) -> int | None:
 
 
 def _check_output(fmt: str, output: str, overwrite: bool) -> str:
+    if paths.is_remote(output):
+        return _check_remote_output(output, overwrite)
     output = os.path.abspath(os.path.expanduser(output))
     if not os.path.lexists(output):
         return output
@@ -222,6 +225,28 @@ def _write(loaded: LoadedModel, fmt: str, target: str, *, batch, with_preprocess
         f.write(flatbuffer)
 
 
+def _check_remote_output(output: str, overwrite: bool) -> str:
+    if paths.resolve(output).exists() and not overwrite:
+        raise FileExistsError(f"--output {output} already exists; pass --overwrite to replace "
+                              f"it or choose another path")
+    return output
+
+
+def _export_remote(loaded: LoadedModel, fmt: str, output: str, **kwargs) -> ExportReport:
+    """Exports into a local folder, then copies the artefact and its metadata to `output`
+    (gs://...): a failed export leaves nothing at `output`."""
+    remote = paths.resolve(output)
+    with tempfile.TemporaryDirectory(prefix="effnetv2_jax.export.") as scratch:
+        report = export_loaded(loaded, fmt, os.path.join(scratch, remote.name), **kwargs)
+        paths.remove_tree(remote)
+        paths.copy_tree(report.path, remote)
+        metadata_path = f"{remote}/{SAVEDMODEL_METADATA}" if fmt == "savedmodel" else (
+            f"{remote}.meta.json")
+        if fmt != "savedmodel":
+            paths.copy_tree(report.metadata_path, metadata_path)
+    return dataclasses.replace(report, path=output, metadata_path=metadata_path)
+
+
 def export_loaded(loaded: LoadedModel, fmt: str, output: str, *, batch: int | None = None,
                   with_preprocessing: bool = False, quantize: bool = False, top_k: int = 5,
                   platforms: Sequence[str] = ("cpu",), overwrite: bool = False) -> ExportReport:
@@ -231,6 +256,10 @@ def export_loaded(loaded: LoadedModel, fmt: str, output: str, *, batch: int | No
     output = check_request(fmt, output, batch=batch, with_preprocessing=with_preprocessing,
                            quantize=quantize, top_k=top_k, platforms=platforms,
                            overwrite=overwrite)
+    if paths.is_remote(output):
+        return _export_remote(loaded, fmt, output, batch=batch,
+                              with_preprocessing=with_preprocessing, quantize=quantize,
+                              top_k=top_k, platforms=platforms)
     metadata = _metadata(loaded, fmt, batch=batch, with_preprocessing=with_preprocessing,
                          quantize=quantize, top_k=top_k, platforms=platforms)
     parent = os.path.dirname(output)

@@ -6,7 +6,8 @@ POINT:
   compile:N     during the N-th ahead-of-time compilation (N=2: the second stage's train step):
                 the kill fires from a timer thread while the main thread is inside compile().
   checkpoint:S  during the asynchronous write of checkpoint step S, in Orbax's background
-                thread, after the arrays are written and before the step is committed.
+                thread, after the arrays are written and before the step is committed
+                (renamed on a local disk; its commit marker written on gs://).
   eval:N        during the N-th evaluation, after its first batch.
 """
 
@@ -43,17 +44,25 @@ def _on_compile(n: int) -> None:
 def _on_checkpoint(step: int) -> None:
     from orbax.checkpoint._src.path import atomicity  # noqa: PLC0415
 
-    cls = atomicity.AtomicRenameTemporaryPath
-    original = cls.finalize
+    def patch(cls, is_step):
+        original = cls.finalize
 
-    async def finalize_or_die(self, *args, **kwargs):
-        final = self.get_final()
-        if final.name == "state" and final.parent.name.startswith(f"{step}."):
-            print(f"killpoint: SIGKILL inside the asynchronous write of step {step}", flush=True)
-            _die()
-        return await original(self, *args, **kwargs)
+        async def finalize_or_die(self, *args, **kwargs):
+            if is_step(self.get_final()):
+                print(f"killpoint: SIGKILL inside the asynchronous write of step {step}",
+                      flush=True)
+                _die()
+            return await original(self, *args, **kwargs)
 
-    cls.finalize = finalize_or_die
+        cls.finalize = finalize_or_die
+
+    # On a local disk Orbax renames `<step>.orbax-checkpoint-tmp-*` when the step is complete;
+    # on gs:// it writes in place and commits with a marker file: die before either.
+    patch(atomicity.AtomicRenameTemporaryPath,
+          lambda final: final.name == "state" and final.parent.name.startswith(f"{step}."))
+    patch(atomicity.CommitFileTemporaryPath,
+          lambda final: final.name == str(step) or (final.name == "state"
+                                                    and final.parent.name == str(step)))
 
 
 def _on_eval(n: int) -> None:
