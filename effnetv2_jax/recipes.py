@@ -249,7 +249,7 @@ def finetune(arg: str | None, dataset: str | None = None) -> ml_collections.Conf
     else:
         config.train.lr_schedule = "constant"
         config.train.weight_decay = 1e-5
-    config.train.init_checkpoint = ""  # required: --config.train.init_checkpoint=DIR
+    config.train.init_checkpoint = ""  # required: =DIR or =pretrained:TAG (e.g. in21k)
     config.train.require_init_checkpoint = True  # train/config.validate refuses to start without
     config.train.init_use_ema = True
     fixed_schedule(config, FT_SIZE[size_key], 1e-6)

@@ -254,3 +254,29 @@ def test_v2s_in21k_ft_in1k_offline(offline, tmp_path, monkeypatch):
     np.testing.assert_array_equal(np.asarray(model.head_conv.kernel[...]),
                                   np.asarray(again.head_conv.kernel[...]))
     assert second_s < 5
+
+
+def test_fine_tune_init_checkpoint_takes_a_pretrained_tag(offline, tmp_path):
+    """`train.init_checkpoint=pretrained:TAG` warm-starts from the config model's tagged
+    weights (converted through the cache), with a new head for the dataset's classes."""
+    sys.path.insert(0, str(REPO / "tests" / "configs"))
+    import tiny
+
+    from effnetv2_jax.train import run as run_setup
+
+    config = tiny.get_config()
+    config.model.block_strings, config.model.feature_size = (), 0  # the full registered B0
+    config.model.name = "efficientnetv2-b0"
+    config.data.synthetic_num_classes = 3
+    config.train.init_checkpoint = "pretrained:in1k"
+    run = run_setup.setup(config, str(tmp_path / "workdir"))
+    run.checkpointer.close()
+    assert len(offline) == 1
+    loaded = effnetv2_jax.load_pretrained("efficientnetv2-b0", "in1k")
+    import jax
+
+    params = jax.device_get(run.state.params)
+    np.testing.assert_array_equal(params["stem_conv"]["kernel"],
+                                  np.asarray(loaded.model.stem_conv.kernel[...]))
+    assert params["classifier"]["kernel"].shape == (1280, 3)
+    assert load.resolve_init_checkpoint("/some/dir", "efficientnetv2-b0") == "/some/dir"

@@ -12,7 +12,8 @@ _EXPORTS = {
     **dict.fromkeys(("WEIGHTS", "Weights", "default_tag", "get_weights", "list_pretrained",
                      "markdown_table"), "tags"),
     **dict.fromkeys(("PretrainedWeightsError", "cache_root", "create_model", "detect_source",
-                     "fetch", "load_pretrained", "resolve"), "load"),
+                     "fetch", "load_pretrained", "resolve", "resolve_init_checkpoint"),
+                    "load"),
 }
 __all__ = sorted(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

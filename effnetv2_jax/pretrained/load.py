@@ -213,6 +213,21 @@ def _files_of(source: str, path: str) -> list[str]:
     return sorted([prefix + ".index"] + glob.glob(prefix + ".data-*"))
 
 
+PRETRAINED_PREFIX = "pretrained:"
+
+
+def resolve_init_checkpoint(init_checkpoint: str, model: str) -> str:
+    """`train.init_checkpoint` -> a checkpoint directory: "pretrained:TAG" (or "pretrained:"
+    for the default tag, or "pretrained:/path/to/file") resolves through `resolve` for the
+    config's `model`; anything else is returned as it is."""
+    if not init_checkpoint.startswith(PRETRAINED_PREFIX):
+        return init_checkpoint
+    spec = init_checkpoint[len(PRETRAINED_PREFIX):]
+    path = resolve(model, spec or True)
+    logging.info("train.init_checkpoint=%s: %s", init_checkpoint, path)
+    return path
+
+
 def load_pretrained(model: str, pretrained: str | bool = True, *, use_ema: bool = True,
                     dtype: str = "float32", conv_impl: str | None = None):
     """`model` with pretrained weights, as `load_checkpoint` returns it (model, preprocessing,

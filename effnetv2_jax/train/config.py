@@ -80,7 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.ema_decay = 0.9999
     c.train.bn_mode = "global"          # global | per_device | groups
     c.train.bn_group_size = 8           # devices per group when bn_mode = groups
-    c.train.init_checkpoint = ""        # fine-tune from a trained or converted checkpoint
+    c.train.init_checkpoint = ""        # fine-tune from a checkpoint or "pretrained:TAG"
     c.train.init_use_ema = True         # take its EMA weights (as the official fine-tunes)
     c.train.require_init_checkpoint = False  # fine-tunes: refuse to start without one
     c.train.log_every_steps = 100
@@ -176,7 +176,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
         raise ValueError("config.train.num_steps or config.train.num_epochs must be > 0")
     if config.train.require_init_checkpoint and not config.train.init_checkpoint:
         raise ValueError("this recipe fine-tunes a trained model: set "
-                         "--config.train.init_checkpoint=DIR (a trained or converted checkpoint)")
+                         "--config.train.init_checkpoint=DIR (a trained or converted checkpoint) or "
+                         "=pretrained:TAG (effnetv2_jax.list_pretrained(model))")
     if config.progressive.num_stages < 1:
         raise ValueError(f"config.progressive.num_stages={config.progressive.num_stages} must "
                          f"be >= 1 (1 = no progressive learning)")

@@ -203,7 +203,10 @@ def setup(config: ml_collections.ConfigDict, workdir: str) -> Run:
                                 async_save=config.checkpoint.async_save)
     if config.train.init_checkpoint and checkpointer.latest_step() is None:
         # Only a fresh run warm-starts; a restarted one resumes its own checkpoint.
-        params, batch_stats, _ = warm_start(params, batch_stats, config.train.init_checkpoint,
+        from effnetv2_jax.pretrained.load import resolve_init_checkpoint  # noqa: PLC0415
+
+        init = resolve_init_checkpoint(config.train.init_checkpoint, config.model.name)
+        params, batch_stats, _ = warm_start(params, batch_stats, init,
                                             use_ema=config.train.init_use_ema)
     replicated = sharding.replicated(run.mesh)
     state = jax.jit(lambda p, s: create_train_state(p, s, run.tx), out_shardings=replicated)(
