@@ -280,3 +280,8 @@ def test_fine_tune_init_checkpoint_takes_a_pretrained_tag(offline, tmp_path):
                                   np.asarray(loaded.model.stem_conv.kernel[...]))
     assert params["classifier"]["kernel"].shape == (1280, 3)
     assert load.resolve_init_checkpoint("/some/dir", "efficientnetv2-b0") == "/some/dir"
+
+
+def test_docs_hold_the_current_table():
+    text = (REPO / "docs" / "pretrained.md").read_text()
+    assert tags.markdown_table() in text, "regenerate docs/pretrained.md's table from tags.py"
