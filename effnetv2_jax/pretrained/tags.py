@@ -1,8 +1,9 @@
 """Pretrained weights per variant, as data: tag, where the file lives, labels, eval size, top-1.
 
     from effnetv2_jax.pretrained import tags
-    tags.get_weights("efficientnetv2-s", "in21k-ft-in1k").repo_id   # 'timm/tf_efficientnetv2_s.in21k_ft_in1k'
-    tags.list_pretrained("efficientnetv2-s")                            # ['in21k-ft-in1k', 'in21k', 'in1k']
+    tags.get_weights("efficientnetv2-s", "in21k-ft-in1k").repo_id
+    # 'timm/tf_efficientnetv2_s.in21k_ft_in1k'
+    tags.list_pretrained("efficientnetv2-s")       # ['in21k-ft-in1k', 'in21k', 'in1k']
 
 Every weight file is a timm port of an official TensorFlow checkpoint, on the Hugging Face Hub
 (`timm/<timm name>.<timm tag>`, file `model.safetensors`); a tag here is timm's with `-` for `_`.
@@ -15,9 +16,10 @@ RandAugment). The official checkpoints timm has no port of (V2-B0..B2 21k and 21
 listed: convert them from the official `.tgz` with `python -m effnetv2_jax.convert --source tf1`.
 
 The eval preprocessing is the variant's (official `preprocessing.py`), except where a tag says
-otherwise: AdvProp weights take `x * 2 / 255 - 1` (mean = std = 127.5 pixels, official
-`preprocess_legacy.py` note in the tpu README), the V2-B3 21k weights mean = std = 127.5 (timm's
-`pretrained_cfg`), and L2-475 is evaluated at 475 px.
+otherwise: AdvProp weights take `x * 2 / 255 - 1` (mean = std = 127.5 pixels; tensorflow/tpu
+`models/official/efficientnet/README.md`), the V2-B3 21k weights mean = std = 127.5 (timm's
+`pretrained_cfg`), and L2-475 is evaluated at 475 px. Lite3/4 keep the official 280/300 px
+(tensorflow/tpu `lite/efficientnet_lite_builder.py`; timm evaluates them at 300/380).
 """
 
 from __future__ import annotations
