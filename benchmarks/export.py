@@ -2,8 +2,9 @@
 
 Writes a random-weight checkpoint of `--model` (default efficientnetv2-b0, 1000 classes, its eval
 size: 224 px for B0) with the converters' writer, exports it with `effnetv2_jax.export` as a
-jax.export file, a SavedModel and TFLite (float32 and dynamic-range quantized), all with a
-dynamic batch, plus a float32 TFLite file with a fixed batch of 1, and measures per format:
+jax.export file, a SavedModel, TFLite (float32 and dynamic-range quantized) and ONNX (run by
+onnxruntime), all with a dynamic batch, plus a float32 TFLite file with a fixed batch of 1, and
+measures per format:
 
 * size: the artefact on disk (a SavedModel: all its files);
 * latency: median wall time of `--repeats` calls at batch 1 and batch 8 on normalised
@@ -47,6 +48,7 @@ from effnetv2_jax.convert.writer import (checkpoint_metadata, random_weights,  #
                                          write_checkpoint)
 from effnetv2_jax.export import (EXPORT_CONV_IMPL, export_checkpoint,  # noqa: E402
                                  load_jax_export)
+from effnetv2_jax.export.onnx_export import load_onnx  # noqa: E402
 from effnetv2_jax.export.tflite import TFLiteModel  # noqa: E402
 
 QUICK_OVERRIDES = {"block_strings": ["r1_k3_s1_e1_i16_o16_c1", "r1_k3_s2_e4_i16_o32_se0.25"],
@@ -110,6 +112,7 @@ def runners(paths: dict, loaded_xla, num_threads: int) -> dict:
     tflite = TFLiteModel.from_file(paths["tflite"], num_threads=num_threads)
     tflite_b1 = TFLiteModel.from_file(paths["tflite_b1"], num_threads=num_threads)
     quantized = TFLiteModel.from_file(paths["tflite_int8"], num_threads=num_threads)
+    onnx_session = load_onnx(paths["onnx"], threads=num_threads)
     return {
         "jax (jit, in process)": lambda x: np.asarray(reference(model, x)),
         "jax_export": lambda x: np.asarray(call_exported(x)),
@@ -119,6 +122,7 @@ def runners(paths: dict, loaded_xla, num_threads: int) -> dict:
         FIXED_BATCH_1: lambda x: np.concatenate([tflite_b1(x[i:i + 1])["probabilities"]
                                                  for i in range(len(x))]),
         "tflite dynamic-range int8": lambda x: quantized(x)["probabilities"],
+        "onnx (onnxruntime)": lambda x: onnx_session.run(None, {"images": x})[0],
     }
 
 
@@ -204,7 +208,8 @@ def main(argv=None) -> int:
                                   ("savedmodel", "savedmodel", {}),
                                   ("tflite", "tflite", {}),
                                   ("tflite_b1", "tflite", {"batch": 1}),
-                                  ("tflite_int8", "tflite", {"quantize": True})):
+                                  ("tflite_int8", "tflite", {"quantize": True}),
+                                  ("onnx", "onnx", {})):
             report = export_checkpoint(checkpoint, fmt, os.path.join(scratch, name), **kwargs)
             paths[name], export_seconds[name] = report.path, report.seconds
             print(f"exported {name}: {report.size_bytes / 2**20:.2f} MiB in "
@@ -224,7 +229,8 @@ def main(argv=None) -> int:
         artefact = {"jax (jit, in process)": None, "jax_export": "jax_export",
                     "savedmodel": "savedmodel", "tflite float32": "tflite",
                     FIXED_BATCH_1: "tflite_b1",
-                    "tflite dynamic-range int8": "tflite_int8"}
+                    "tflite dynamic-range int8": "tflite_int8",
+                    "onnx (onnxruntime)": "onnx"}
         rows = []
         for name in fns:
             key = artefact[name]

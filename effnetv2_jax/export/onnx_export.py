@@ -10,7 +10,8 @@ mode), which tf2onnx has no handler for: on EfficientNetV2-B0 it stops at that o
 converts the JAX function itself, primitive by primitive: TF-SAME padding becomes explicit
 `pads`, depthwise convolutions `Conv` with `group`, SE's pooling `ReduceMean` and its 1x1
 convolutions `Gemm`, SiLU `Sigmoid` x `Mul`; the batch dimension stays symbolic ("batch").
-Its extra dependencies are pure Python (equinox, onnx-ir, ...) and need no TensorFlow.
+Besides onnx and onnxruntime its dependencies are pure Python (equinox, onnx-ir, ...), and
+none is TensorFlow.
 
 The traced graph keeps the eval-mode BatchNorm as Sub/Div/Mul/Add on constants and the NHWC <->
 NCHW transposes around each convolution; onnxruntime's basic graph optimizations (constant
