@@ -65,7 +65,7 @@ def main(argv):
     logging.info("config:\n%s", config)
     if mode in ("eval", "compile"):
         preemption.release()  # nothing to save: SIGTERM ends these at once, as by default
-    elif preemption.requested():
+    elif preemption.requested() and not _may_have_peers(config):
         logging.warning("preempted during start-up (before set-up): nothing built or written; "
                         "exiting")
         return
@@ -89,6 +89,14 @@ def main(argv):
     if results:
         logging.info("final evaluation: %s", results)
         print(" ".join(f"{k}={v:.4f}" for k, v in sorted(results.items())))
+
+
+def _may_have_peers(config) -> bool:
+    """Other processes may be starting this run with us (they wait for us in
+    jax.distributed.initialize, so a SIGTERM waits for set-up and JAX's sync service)."""
+    from effnetv2_jax.train import sharding  # noqa: PLC0415 - imports JAX
+
+    return bool(config.distributed.coordinator_address) or sharding.on_cloud_tpu()
 
 
 def run() -> None:

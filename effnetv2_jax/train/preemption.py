@@ -11,7 +11,8 @@ recorded, never acted on in the middle of something:
   survive `execve`); `install()` sets the recording handler and unblocks, and a pending
   SIGTERM is recorded then. Only the interpreter's own start and the package's import
   (about 50 ms) come before.
-* Training looks at the record between phases: after parsing flags (`main.py`), after set-up
+* Training looks at the record between phases: after parsing flags (`main.py`; one process
+  only: processes that start `jax.distributed` together wait for each other), after set-up
   (data metadata, model, restore: before compiling), after compiling (before the first step),
   and after every step, where it saves and stops (`train/loop.py`). A SIGTERM before the first
   step thus ends the run with exit code 0, having written nothing new: no checkpoint, not even

@@ -37,13 +37,13 @@ def initialize_distributed(coordinator_address: str = "", num_processes: int = 0
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(coordinator_address=coordinator_address,
                                    num_processes=num_processes, process_id=process_id)
-    elif _on_cloud_tpu():
+    elif on_cloud_tpu():
         jax.distributed.initialize()
     logging.info("process %d of %d, %d local / %d global devices", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
-def _on_cloud_tpu() -> bool:
+def on_cloud_tpu() -> bool:
     """Whether this host drives TPU chips: their device files (/dev/accel* on v2-v4, /dev/vfio
     on v5+) exist on TPU VMs and in GKE TPU pods. The TPU_* variables alone do not count: the
     compile mode sets them on machines without a TPU (`topology.quiet_libtpu`)."""
