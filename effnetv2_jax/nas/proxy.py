@@ -34,7 +34,7 @@ from effnetv2_jax import train as training  # the public train_and_evaluate / ev
 from effnetv2_jax.train import sharding
 from effnetv2_jax.train import run as run_setup
 from effnetv2_jax.train.checkpoint import Checkpointer
-from effnetv2_jax.train.compiled_steps import compile_train_steps
+from effnetv2_jax.train.compiled_steps import compile_train_steps, step_key
 
 WARMUP_STEPS = 1   # the first call of an executable pays one-off allocation costs
 
@@ -69,10 +69,10 @@ def accuracy_key(config: ml_collections.ConfigDict) -> str:
     return "eval/ema_top1" if config.train.ema_decay > 0 else "eval/top1"
 
 
-def _local_batch(run: run_setup.Run, image_size: int, seed: int) -> dict[str, np.ndarray]:
-    """This process's part of a train batch of the compiled shapes (values do not change the
-    step's time: the step has no data-dependent control flow)."""
-    batch = sharding.check_batch_size(run.config.train.global_batch_size, run.mesh)
+def _local_batch(run: run_setup.Run, stage, seed: int) -> dict[str, np.ndarray]:
+    """This process's part of a train batch of `stage`'s compiled shapes (values do not change
+    the step's time: the step has no data-dependent control flow)."""
+    batch, image_size = sharding.check_batch_size(stage.batch_size, run.mesh), stage.image_size
     classes = run.metadata["num_classes"]
     rng = np.random.default_rng(seed)
     labels = np.eye(classes, dtype=np.float32)[rng.integers(0, classes, batch)]
@@ -91,8 +91,8 @@ def time_train_step(run: run_setup.Run, compiled: Mapping, timed_steps: int = 5)
     if timed_steps < 1:
         raise ValueError(f"timed_steps={timed_steps} must be >= 1")
     stage = run.stages[-1]
-    step_fn = compiled[(stage.image_size, stage.dropout_rate)]
-    batch = sharding.global_batch(_local_batch(run, stage.image_size, run.config.seed), run.mesh)
+    step_fn = compiled[step_key(stage)]
+    batch = sharding.global_batch(_local_batch(run, stage, run.config.seed), run.mesh)
     state = run.state
     for _ in range(WARMUP_STEPS):
         state, metrics = step_fn(state, batch)
