@@ -14,8 +14,10 @@ Each process splits its part of the data (`shard.py`) into epochs:
 
 * epoch e visits the part in a stateless permutation keyed by (seed, e);
 * process-local position q = step * local_batch + i is example `permutation_e[q mod n]` with
-  e = q // n, so the iterator for `start_step` s starts at position s * local_batch directly,
-  without replaying anything (streamed TFRecord data re-reads, without decoding, up to it);
+  e = q // n, so the iterator for `start_step` s starts at position s * local_batch directly
+  (with progressive stages at their own batches: the examples seen before s over the process
+  count, `start_example`), without replaying anything (streamed TFRecord data re-reads,
+  without decoding, up to it);
 * an example's crop, flip and augmentation are keyed by (seed, epoch, example key), a batch's
   mixup/CutMix by (seed, step, process index) (`seeds.py`).
 
