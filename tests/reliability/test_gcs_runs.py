@@ -16,7 +16,7 @@ import pytest
 from etils import epath
 
 import harness
-from conftest import tiny_config
+import tiny  # tests/configs (reliability/conftest.py puts it on the path)
 from effnetv2_jax import paths
 from effnetv2_jax.train import loop
 from effnetv2_jax.train import run as run_setup
@@ -99,7 +99,7 @@ def test_a_damaged_newest_step_on_a_bucket_falls_back_to_the_previous(
     for f in data:                                    # truncate its array data
         content = f.read_bytes()
         f.write_bytes(content[: len(content) // 2])
-    fresh = run_setup.setup(tiny_config(compile_cache), str(tmp_path / "fresh"))
+    fresh = run_setup.setup(tiny.with_compile_cache(compile_cache), str(tmp_path / "fresh"))
     fresh.checkpointer.close()
     target = abstract_like(fresh.state, sharding.replicated(fresh.mesh))
     caplog.set_level("WARNING")
@@ -119,7 +119,7 @@ def test_the_stored_step_cache_is_read_back_from_a_bucket(gcs_dir, tmp_path, ref
     In this process, as test_preemption's restarts: the trace key includes a digest of the
     package's sources, taken once per process, so edits to a shared checkout between two
     processes cannot change it."""
-    config = tiny_config(compile_cache)
+    config = tiny.with_compile_cache(compile_cache)
     config.checkpoint.compile_cache_dir = f"{gcs_dir}/compile_cache"
     caplog.set_level("INFO")
     try:
@@ -129,7 +129,7 @@ def test_the_stored_step_cache_is_read_back_from_a_bucket(gcs_dir, tmp_path, ref
         caplog.clear()
         loop.train_and_evaluate(config, str(gcs_dir / "second"))
     finally:   # later runs of this process go back to the local cache
-        run_setup._enable_compile_cache(tiny_config(compile_cache), str(tmp_path))
+        run_setup._enable_compile_cache(tiny.with_compile_cache(compile_cache), str(tmp_path))
     compiles = [r.getMessage() for r in caplog.records if " compiled in " in r.getMessage()]
     assert compiles and all("(stored trace)" in m for m in compiles), compiles
     assert harness.mismatching_arrays(reference[1], final_state(gcs_dir / "second")) == []
