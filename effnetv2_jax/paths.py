@@ -104,24 +104,15 @@ def local_copy(path: PathLike, *, siblings: bool = False) -> Iterator[str]:
     """A local path holding `path`'s content, for readers that open local files only.
 
     A local `path` is yielded as it is (absolute); a remote one is copied into a temporary
-    folder, deleted afterwards. `siblings=True` copies the files next to a remote file too
-    (a TF1 checkpoint prefix's `.index` and `.data-*` files).
+    folder (`local_file`), deleted afterwards. `siblings=True` copies the files next to a
+    remote file too (a TF1 checkpoint prefix's `.index` and `.data-*` files).
     """
-    path = resolve(path)
-    if not is_remote(path):
-        yield os.fspath(path)
-        return
-    if not path.exists() and not (siblings and list(path.parent.glob(path.name + ".*"))):
-        raise FileNotFoundError(f"nothing at {path}")
-    with tempfile.TemporaryDirectory(prefix="effnetv2_jax.") as scratch:
-        local = os.path.join(scratch, path.name)
-        if siblings and not path.is_dir():
-            for sibling in path.parent.iterdir():
-                if sibling.name == path.name or sibling.name.startswith(path.name + "."):
-                    copy_tree(sibling, os.path.join(scratch, sibling.name))
-        else:
-            copy_tree(path, local)
+    local, scratch = local_file(path, siblings=siblings)
+    try:
         yield local
+    finally:
+        if scratch is not None:
+            scratch.cleanup()
 
 
 def local_file(path: PathLike, *, siblings: bool = False
