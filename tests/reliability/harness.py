@@ -97,6 +97,33 @@ def launch(workdir, cache_dir, *overrides: str, killpoint=None, env=None, preexe
                workdir / log_name, env=env, preexec_fn=preexec_fn, pipe=pipe)
 
 
+def launch_two_processes(workdir, cache_dir, port_salt: int, *overrides: str,
+                         log_dir=None) -> list[Run]:
+    """Processes 0 and 1 of one run over jax.distributed on localhost, 2 CPU devices each,
+    logging to `log_dir`/process{0,1}.log (default: the workdir; a gs:// workdir needs a local
+    one). `port_salt` keeps tests that may run at once off each other's coordinator port."""
+    port = 20000 + (os.getpid() + port_salt) % 20000
+    log_dir = Path(log_dir or workdir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return [Run(main_args(workdir, cache_dir,
+                          f"--config.distributed.coordinator_address=localhost:{port}",
+                          "--config.distributed.num_processes=2",
+                          f"--config.distributed.process_id={i}", *overrides),
+                log_dir / f"process{i}.log", env={"JAX_NUM_CPU_DEVICES": "2"})
+            for i in range(2)]
+
+
+def preempted_steps(runs: list[Run], timeout: float = 300.0) -> list[int]:
+    """Waits for each run to exit 0 and returns the step each logged as saved on SIGTERM."""
+    saved = []
+    for run in runs:
+        assert run.wait(timeout) == 0, run.log()[-3000:]
+        found = re.findall(r"preempted: saved step (\d+)", run.log())
+        assert found, run.log()[-3000:]
+        saved.append(int(found[-1]))
+    return saved
+
+
 def run_until_done(workdir, cache_dir, *overrides: str, timeout: float = 300.0) -> tuple[int, str]:
     run = launch(workdir, cache_dir, *overrides)
     return run.wait(timeout), run.log()

@@ -4,7 +4,6 @@ through etils.epath/gcsfs. The faults of the local-disk tests, on a bucket: SIGK
 asynchronous save, SIGTERM to one of two processes, a damaged newest step; then the stored step
 cache read back from gs://, and train -> load_checkpoint -> predict -> export through gs://."""
 
-import os
 import re
 import signal
 import subprocess
@@ -61,21 +60,11 @@ def test_sigkill_inside_an_async_save_to_a_bucket_then_restart_is_bitwise_exact(
 
 def test_sigterm_to_one_of_two_processes_saves_both_at_the_same_step_on_a_bucket(
         gcs_dir, tmp_path, compile_cache):
-    port = 20000 + (os.getpid() + 11) % 20000
-    runs = [launch(gcs_dir, tmp_path, compile_cache,
-                   f"--config.distributed.coordinator_address=localhost:{port}",
-                   "--config.distributed.num_processes=2",
-                   f"--config.distributed.process_id={i}", "--config.train.num_steps=400",
-                   env={"JAX_NUM_CPU_DEVICES": "2"}, name=f"process{i}")
-            for i in range(2)]
+    runs = harness.launch_two_processes(gcs_dir, compile_cache, 11,
+                                        "--config.train.num_steps=400", log_dir=tmp_path)
     runs[0].wait_for(lambda: 4 in saved_steps(gcs_dir), timeout=400, poll=0.5)
     runs[1].signal(signal.SIGTERM)           # only one host is preempted
-    saved = []
-    for run in runs:
-        assert run.wait() == 0, run.log()[-3000:]
-        found = re.findall(r"preempted: saved step (\d+)", run.log())
-        assert found, run.log()[-3000:]
-        saved.append(int(found[-1]))
+    saved = harness.preempted_steps(runs)
     assert saved[0] == saved[1] < 400
     assert saved[0] in saved_steps(gcs_dir)
     assert (gcs_dir / "checkpoints" / str(saved[0]) / "state").is_dir()

@@ -110,20 +110,10 @@ def test_sigterm_exits_zero_from_the_command_line(tmp_path, compile_cache):
 
 
 def test_sigterm_to_one_of_two_processes_saves_both_at_the_same_step(tmp_path, compile_cache):
-    port = 20000 + (os.getpid() + 7) % 20000
-    runs = [harness.launch(tmp_path, compile_cache,
-                           f"--config.distributed.coordinator_address=localhost:{port}",
-                           "--config.distributed.num_processes=2",
-                           f"--config.distributed.process_id={i}", "--config.train.num_steps=400",
-                           env={"JAX_NUM_CPU_DEVICES": "2"}, log_name=f"process{i}.log")
-            for i in range(2)]
+    runs = harness.launch_two_processes(tmp_path, compile_cache, 7,
+                                        "--config.train.num_steps=400")
     runs[0].wait_for(lambda: (tmp_path / "checkpoints" / "4").exists(), timeout=400)
     runs[1].signal(signal.SIGTERM)           # only one host is preempted
-    saved = []
-    for run in runs:
-        assert run.wait() == 0, run.log()[-3000:]
-        found = re.findall(r"preempted: saved step (\d+)", run.log())
-        assert found, run.log()[-3000:]
-        saved.append(int(found[-1]))
+    saved = harness.preempted_steps(runs)
     assert saved[0] == saved[1] < 400
     assert (tmp_path / "checkpoints" / str(saved[0]) / "state").is_dir()

@@ -4,7 +4,6 @@ even a partial one (train/preemption.py). Before the handling was installed earl
 here ended the process with -15. A run resumed from a checkpoint and stopped the same way
 leaves its checkpoints as they were."""
 
-import os
 import re
 import signal
 import time
@@ -86,21 +85,11 @@ def test_sigterm_to_one_of_two_processes_during_start_up_saves_both_at_one_step(
                                                                                  compile_cache):
     """Recorded before jax.distributed starts, the SIGTERM is handed to JAX's preemption sync
     service: both processes train to the step it agrees on, save it and exit 0."""
-    port = 20000 + (os.getpid() + 11) % 20000
-    runs = [harness.launch(tmp_path, compile_cache,
-                           f"--config.distributed.coordinator_address=localhost:{port}",
-                           "--config.distributed.num_processes=2",
-                           f"--config.distributed.process_id={i}", "--config.train.num_steps=400",
-                           env={"JAX_NUM_CPU_DEVICES": "2"}, log_name=f"process{i}.log")
-            for i in range(2)]
+    runs = harness.launch_two_processes(tmp_path, compile_cache, 11,
+                                        "--config.train.num_steps=400")
     assert runs[1].wait_for(lambda: "] config:" in runs[1].log(), timeout=300)
     runs[1].signal(signal.SIGTERM)  # before its jax.distributed.initialize
-    saved = []
-    for run in runs:
-        assert run.wait(600) == 0, run.log()[-3000:]
-        found = re.findall(r"preempted: saved step (\d+)", run.log())
-        assert found, run.log()[-3000:]
-        saved.append(int(found[-1]))
+    saved = harness.preempted_steps(runs, timeout=600)
     assert saved[0] == saved[1] < 400
     assert "passing the SIGTERM received during start-up" in runs[1].log()
     assert harness.saved_steps(tmp_path)[-1] == saved[0]
