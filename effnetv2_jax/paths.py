@@ -13,6 +13,7 @@ Imports nothing of the package, so models, data and training code may all use it
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -75,6 +76,17 @@ def forget_listings(path: PathLike) -> None:
         below = filesystem._strip_protocol(path).rstrip("/") + "/"
         for key in [k for k in filesystem.dircache if k.startswith(below)]:
             filesystem.dircache.pop(key, None)
+
+
+def sha256_files(files: list[PathLike]) -> str:
+    """SHA-256 of the files' bytes (local or remote), concatenated in the given order (one
+    file: its checksum)."""
+    digest = hashlib.sha256()
+    for path in files:
+        with resolve(path).open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
 
 
 def copy_tree(source: PathLike, destination: PathLike) -> None:

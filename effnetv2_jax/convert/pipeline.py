@@ -151,7 +151,7 @@ def convert(source: str, model: str, input_path: str, output_dir: str, *,
     class_names = imagenet_class_names() if num_classes == 1000 and not replace_head else []
     extra = {"source": source, "source_file": os.fspath(paths.resolve(input_path)),
              "source_files": [os.path.basename(f) for f in opened.files],
-             "source_sha256": writer.sha256_files(opened.files),
+             "source_sha256": paths.sha256_files(opened.files),
              "source_num_classes": source_classes, "head_reinitialized": replace_head,
              **({"head_seed": seed} if replace_head else {}), **opened.notes}
     if eval_size is not None:

@@ -11,7 +11,6 @@ and (through `load_checkpoint`) for fine-tuning.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Any
 
@@ -24,16 +23,6 @@ from effnetv2_jax.models.variants import Variant
 
 CHECKPOINTS_SUBDIR = "checkpoints"
 ITEMS = ("state", "metadata")
-
-
-def sha256_files(files: list[str]) -> str:
-    """SHA-256 of the files' bytes, concatenated in the given order (one file: its checksum)."""
-    digest = hashlib.sha256()
-    for path in files:  # `paths` is the module
-        with paths.resolve(path).open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def eval_crop(eval_size: int, squash_min_size: int | None) -> str:

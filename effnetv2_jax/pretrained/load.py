@@ -18,13 +18,13 @@ the network unless a tag's file is missing from the Hub cache and offline mode i
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 import shutil
 import tempfile
 
 from absl import logging
 
+from effnetv2_jax import paths
 from effnetv2_jax.pretrained.tags import Weights, get_weights, list_pretrained
 
 CACHE_ENV = "EFFNETV2_JAX_CACHE"
@@ -82,22 +82,13 @@ def fetch(weights: Weights) -> str:
         from cause
 
 
-def _sha256(paths: list[str]) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _hub_key(path: str) -> str:
     """The content hash huggingface_hub names a cached file's blob by (the LFS SHA-256), read
     from the snapshot link; a file outside the cache layout is hashed."""
     blob = os.path.basename(os.path.realpath(path))
     if len(blob) in (40, 64) and all(c in "0123456789abcdef" for c in blob):
         return blob
-    return _sha256([path])
+    return paths.sha256_files([path])
 
 
 def detect_source(path: str) -> tuple[str, str]:
@@ -197,7 +188,7 @@ def resolve(model: str, pretrained: str | bool | None = True) -> str:
     if os.path.isdir(path) and _is_checkpoint(path):
         return path  # already in this package's layout: nothing to convert
     source, input_path = detect_source(path)
-    key = f"local-{source}-{_sha256(_files_of(source, input_path))[:16]}"
+    key = f"local-{source}-{paths.sha256_files(_files_of(source, input_path))[:16]}"
     return _convert_once(os.path.join(cache_root(), "pretrained", model, key), source, model,
                          input_path)
 
